@@ -2,6 +2,9 @@ import { Packr } from 'msgpackr';
 import { ErrorCode, TandemError } from '../errors.js';
 import { messageSchemas, type Message, type MessageOf, type MessageType } from './messages.js';
 
+/** A decoded message of one of the types `T`, discriminated by `t`. */
+export type OneOf<T extends MessageType> = { [K in T]: MessageOf<K> }[T];
+
 /** The schema version this build speaks; a message with another version is refused. */
 export const schemaVersion = 1;
 
@@ -18,7 +21,7 @@ export function encode<T extends MessageType>(type: T, body: Omit<MessageOf<T>, 
  * not msgpack, not a map, an unknown type, a failed schema, or a type the caller does not expect)
  * or `unsupported_version`.
  */
-export function decode<T extends MessageType>(data: Uint8Array, ...expected: T[]): MessageOf<T> {
+export function decode<T extends MessageType>(data: Uint8Array, ...expected: T[]): OneOf<T> {
   let raw: unknown;
   try {
     raw = packr.unpack(data);
@@ -44,6 +47,6 @@ export function decode<T extends MessageType>(data: Uint8Array, ...expected: T[]
     const where = issue?.path.length ? issue.path.join('.') : '(message)';
     throw new TandemError(ErrorCode.InvalidMessage, `invalid '${t}' message at ${where}: ${issue?.message ?? 'invalid'}`);
   }
-  return { ...parsed.data, t } as unknown as MessageOf<T>;
+  return { ...parsed.data, t } as unknown as OneOf<T>;
 }
 

@@ -1,0 +1,311 @@
+import { createActor, fromPromise, type AnyActorRef } from 'xstate';
+import type { DecodeSequence, SamplingParams } from '../engine/engine.js';
+import { ErrorCode, TandemError, type WireError } from '../errors.js';
+import { ownerKey, type Region } from '../fabric/fabric.js';
+import { decodeKvPayload, encodeKvPayload, kvPayloadBytes } from '../kv/kv-payload.js';
+import { pagesFor, type PagePool } from '../kv/page-pool.js';
+import type { Deadlines } from '../limits.js';
+import { localRequestMachine } from '../machines/local-request-machine.js';
+import { requestMachine, type FinishReason, type RequestEvent, type RequestOutput, type RoomGrant } from '../machines/request-machine.js';
+import { decode, encode } from '../protocol/codec.js';
+import type { MessageOf } from '../protocol/messages.js';
+import { subjects } from '../protocol/subjects.js';
+import type { StreamWriter } from '../transport/transport.js';
+import type { DecodeBatcher } from './decode-batcher.js';
+import type { DecodeWorkerOptions } from './decode-worker.js';
+import type { RoomFence } from './room-fence.js';
+
+/** What a request needs from its decode worker. */
+export interface DecodeRequestDeps extends DecodeWorkerOptions {
+  subjectPrefix: string;
+  region: Region;
+  pool: PagePool;
+  batcher: DecodeBatcher;
+  fence: RoomFence;
+  bindRoom(owner: string, request: DecodeRequest): void;
+  unbindRoom(owner: string): void;
+  finished(request: DecodeRequest, status: RequestOutput['status']): void;
+}
+
+/** Converts wire sampling parameters to the engine's. */
+export function samplingFromWire(wire: MessageOf<'generate'>['sampling']): SamplingParams {
+  return { temperature: wire.temperature, topP: wire.top_p, seed: wire.seed, maxTokens: wire.max_tokens, ignoreEos: wire.ignore_eos };
+}
+
+function deadlinesFrom(defaults: Deadlines, wire: MessageOf<'generate'>['deadlines']): Deadlines {
+  return {
+    bootstrapMs: wire?.bootstrap_ms ?? defaults.bootstrapMs,
+    allocationMs: wire?.allocation_ms ?? defaults.allocationMs,
+    prefillMs: wire?.prefill_ms ?? defaults.prefillMs,
+    transferMs: wire?.transfer_ms ?? defaults.transferMs,
+    pollingMs: wire?.polling_ms ?? defaults.pollingMs,
+    cleanupMs: wire?.cleanup_ms ?? defaults.cleanupMs,
+    decodeMs: wire?.decode_ms ?? defaults.decodeMs,
+  };
+}
+
+/**
+ * One request on the decode worker: its machine, the effects the machine invokes, and the
+ * stream of tokens back to the frontend.
+ */
+export class DecodeRequest {
+  readonly requestId: string;
+  private readonly sampling: SamplingParams;
+  private readonly deadlines: Deadlines;
+  private readonly actor: AnyActorRef;
+  private sequence: DecodeSequence | undefined;
+  /** Tokens written to the stream so far (the first token counts). */
+  private emitted = 0;
+  /** The room this request is bound to for prefill events. */
+  private boundOwner: string | undefined;
+  private settled = false;
+
+  constructor(
+    private readonly deps: DecodeRequestDeps,
+    private readonly body: MessageOf<'generate'>,
+    private readonly writer: StreamWriter,
+  ) {
+    this.requestId = body.request_id;
+    this.sampling = samplingFromWire(body.sampling);
+    this.deadlines = deadlinesFrom(deps.deadlines, body.deadlines);
+    this.actor = deps.prefillLocally ? this.createLocalActor() : this.createDisaggregatedActor();
+  }
+
+  start(): void {
+    this.writer.onCancel(() => this.cancel());
+    this.actor.subscribe({ complete: () => this.finish(), error: (error: unknown) => this.crash(error) });
+    this.actor.start();
+  }
+
+  /** Delivers a prefill event to the machine while it runs. */
+  send(event: RequestEvent): void {
+    if (this.actor.getSnapshot().status === 'active') this.actor.send(event);
+  }
+
+  cancel(): void {
+    this.send({ type: 'CANCEL' });
+  }
+
+  private createDisaggregatedActor(): AnyActorRef {
+    const { deps, body } = this;
+    const machine = requestMachine.provide({
+      actors: {
+        bootstrap: fromPromise(async ({ input, signal }) => this.bootstrap(input.candidate, input.timeoutMs, signal)),
+        allocate: fromPromise(async ({ input, signal }) => {
+          const owner = this.ownerOf(input.grant);
+          this.bind(owner);
+          return deps.pool.acquire(owner, this.pagesNeeded(), signal);
+        }),
+        startPrefill: fromPromise(async ({ input, signal }) => this.startPrefill(input.grant, input.pages, signal)),
+        awaitKv: fromPromise(async ({ input, signal }) => this.awaitKv(input.grant, input.pages, signal)),
+        confirmRelease: fromPromise(async ({ input, signal }) => deps.fence.confirm(input.grant, this.requestId, signal)),
+        decode: fromPromise(async ({ input, signal }) => this.decode(input.firstToken, signal)),
+      },
+      actions: {
+        emitFirstToken: (_, params) => this.emit(params.firstToken),
+        releaseResources: (_, { context }) => {
+          this.releaseSequence();
+          if (this.boundOwner) deps.unbindRoom(this.boundOwner);
+          if (!context.grant) return;
+          const owner = this.ownerOf(context.grant);
+          const holdsPages = deps.pool.pagesOf(owner) !== undefined;
+          // Once the room's final write has landed no write of it can follow, so the pages are safe.
+          const transferDone = context.firstToken !== null;
+          if (holdsPages && transferDone) deps.pool.release(owner);
+          if (!context.roomReleased) deps.fence.abort(owner, context.grant, this.requestId, holdsPages && !transferDone);
+        },
+      },
+    });
+    return createActor(machine, {
+      clock: deps.clock,
+      input: {
+        requestId: body.request_id,
+        candidates: body.prefill_candidates.map((c) => ({ instanceId: c.instance_id, subjectPrefix: c.subject_prefix })),
+        deadlines: this.deadlines,
+        bootstrapAttemptsMax: deps.limits.bootstrapAttemptsMax,
+      },
+    });
+  }
+
+  private createLocalActor(): AnyActorRef {
+    const { deps } = this;
+    const owner = `local/${this.requestId}`;
+    const machine = localRequestMachine.provide({
+      actors: {
+        localPrefill: fromPromise(async ({ signal }) => {
+          const pages = await deps.pool.acquire(owner, this.pagesNeeded(), signal);
+          const { firstToken, kv } = await deps.engine.prefill(this.body.prompt_tokens, this.sampling, signal);
+          this.sequence = deps.engine.loadSequence(kv, this.body.prompt_tokens.length, firstToken, this.sampling);
+          return { firstToken, pages };
+        }),
+        decode: fromPromise(async ({ input, signal }) => this.decode(input.firstToken, signal)),
+      },
+      actions: {
+        emitFirstToken: (_, params) => this.emit(params.firstToken),
+        releaseResources: () => {
+          this.releaseSequence();
+          if (deps.pool.pagesOf(owner) !== undefined) deps.pool.release(owner);
+        },
+      },
+    });
+    return createActor(machine, { clock: deps.clock, input: { requestId: this.requestId, deadlines: this.deadlines } });
+  }
+
+  private ownerOf(grant: RoomGrant): string {
+    return ownerKey({ instanceId: grant.prefillId, epoch: grant.epoch }, grant.room);
+  }
+
+  private bind(owner: string): void {
+    if (this.boundOwner) this.deps.unbindRoom(this.boundOwner);
+    this.boundOwner = owner;
+    this.deps.bindRoom(owner, this);
+  }
+
+  private pagesNeeded(): number {
+    const { engine, pageBytes } = this.deps;
+    const bytes = kvPayloadBytes(engine.kvBytes(this.body.prompt_tokens.length), engine.model.identity, engine.model.kvLayout);
+    return pagesFor(bytes, pageBytes);
+  }
+
+  private async bootstrap(candidate: { instanceId: string; subjectPrefix: string }, timeoutMs: number, signal: AbortSignal): Promise<RoomGrant> {
+    const request = encode('bootstrap_request', { request_id: this.requestId, decode_id: this.deps.instanceId, model: this.body.model });
+    const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs, signal }), 'bootstrap_grant', 'error');
+    if (reply.t === 'error') throw wireToError(reply.error);
+    if (reply.prefill_id !== candidate.instanceId || reply.request_id !== this.requestId) {
+      throw new TandemError(ErrorCode.InvalidMessage, `bootstrap grant from ${reply.prefill_id} for ${reply.request_id} does not match the request`);
+    }
+    return { prefillId: reply.prefill_id, subjectPrefix: candidate.subjectPrefix, epoch: reply.epoch, room: reply.room };
+  }
+
+  private async startPrefill(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<void> {
+    const { deps, body } = this;
+    const region = deps.region.descriptor;
+    const request = encode('prefill_request', {
+      request_id: this.requestId,
+      prefill_id: grant.prefillId,
+      epoch: grant.epoch,
+      room: grant.room,
+      decode_id: deps.instanceId,
+      events_subject: subjects.events(deps.subjectPrefix),
+      prompt_tokens: body.prompt_tokens,
+      sampling: body.sampling,
+      region: { fabric: region.fabric, endpoint: region.endpoint, region_id: region.regionId, page_bytes: region.pageBytes, page_count: region.pageCount },
+      pages: [...pages],
+    });
+    const reply = decode(
+      await deps.transport.request(subjects.prefill(grant.subjectPrefix), request, { timeoutMs: this.deadlines.prefillMs, signal }),
+      'prefill_started',
+      'error',
+    );
+    if (reply.t === 'error') throw wireToError(reply.error);
+  }
+
+  private awaitKv(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<{ firstToken: number }> {
+    const { deps, body } = this;
+    const owner = this.ownerOf(grant);
+    const payloadBytes = kvPayloadBytes(deps.engine.kvBytes(body.prompt_tokens.length), deps.engine.model.identity, deps.engine.model.kvLayout);
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        unsubscribe();
+        reject(signal.reason);
+      };
+      const unsubscribe = deps.region.onCompletion(owner, () => {
+        signal.removeEventListener('abort', onAbort);
+        deps.region.forget(owner);
+        try {
+          const payload = decodeKvPayload(deps.region.read(pages, payloadBytes), {
+            modelIdentity: deps.engine.model.identity,
+            kvLayout: deps.engine.model.kvLayout,
+            tokenCount: body.prompt_tokens.length,
+          });
+          this.sequence = deps.engine.loadSequence(payload.kv, payload.tokenCount, payload.firstToken, this.sampling);
+          resolve({ firstToken: payload.firstToken });
+        } catch (error) {
+          reject(TandemError.from(error, ErrorCode.KvMismatch));
+        }
+      });
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  private emit(token: number): void {
+    if (this.writer.closed) return;
+    this.writer.write(encode('tokens', { request_id: this.requestId, index: this.emitted, tokens: [token] }));
+    this.emitted++;
+  }
+
+  /** Whether `token` (already emitted) ends the request, and why. */
+  private finishReasonAfter(token: number): FinishReason | undefined {
+    const { engine } = this.deps;
+    if (token === engine.model.eosToken && !this.sampling.ignoreEos) return 'stop';
+    if (this.emitted >= this.sampling.maxTokens) return 'length';
+    if (this.body.prompt_tokens.length + this.emitted >= engine.model.contextTokensMax) return 'length';
+    return undefined;
+  }
+
+  private async decode(firstToken: number, signal: AbortSignal): Promise<{ finishReason: FinishReason }> {
+    const early = this.finishReasonAfter(firstToken);
+    if (early) return { finishReason: early };
+    if (!this.sequence) throw new TandemError(ErrorCode.Internal, 'decode started without a loaded sequence');
+    let finishReason: FinishReason = 'length';
+    await this.deps.batcher.run(
+      this.sequence,
+      (token) => {
+        this.emit(token);
+        const reason = this.finishReasonAfter(token);
+        if (reason) finishReason = reason;
+        return reason !== undefined;
+      },
+      signal,
+    );
+    return { finishReason };
+  }
+
+  private releaseSequence(): void {
+    if (!this.sequence) return;
+    this.deps.engine.releaseSequence(this.sequence);
+    this.sequence = undefined;
+  }
+
+  /** Writes the terminal chunk and ends the stream once the machine is final. */
+  private finish(): void {
+    if (this.settled) return;
+    this.settled = true;
+    const output = this.actor.getSnapshot().output as RequestOutput;
+    this.deps.finished(this, output.status);
+    if (this.writer.closed) return;
+    if (output.status === 'done') {
+      this.writer.write(
+        encode('finish', {
+          request_id: this.requestId,
+          finish_reason: output.finishReason ?? 'length',
+          prompt_tokens: this.body.prompt_tokens.length,
+          completion_tokens: this.emitted,
+        }),
+      );
+    } else {
+      const error = output.error ?? { code: ErrorCode.Internal, message: 'the request ended without a reason' };
+      this.writer.write(encode('error', { request_id: this.requestId, error }));
+    }
+    this.writer.end();
+  }
+
+  /** A bug in an effect crashed the machine: report it and give everything back. */
+  private crash(error: unknown): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.deps.log.error('request machine crashed', { request: this.requestId, error: String(error) });
+    this.releaseSequence();
+    this.deps.finished(this, 'failed');
+    if (!this.writer.closed) {
+      this.writer.write(encode('error', { request_id: this.requestId, error: { code: ErrorCode.Internal, message: 'internal error' } }));
+      this.writer.end();
+    }
+  }
+}
+
+function wireToError(error: { code: string; message: string }): TandemError {
+  return TandemError.fromWire(error as WireError);
+}
+
+export { encodeKvPayload };

@@ -1,0 +1,253 @@
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { ServerResponse } from 'node:http';
+import type { Discovery } from '../../discovery/discovery.js';
+import type { Engine } from '../../engine/engine.js';
+import { ErrorCode, TandemError } from '../../errors.js';
+import type { Limits } from '../../limits.js';
+import type { Logger } from '../../log.js';
+import type { Random } from '../../random/random.js';
+import type { Clock } from '../../time/clock.js';
+import type { Transport } from '../../transport/transport.js';
+import { Router } from '../router.js';
+import { generate, type GenerationEvent, type GenerationPlan } from './generation.js';
+import { httpError, httpFailure } from './http-error.js';
+import { chatSchema, completionSchema, type ChatBody, type CompletionBody } from './openai-schemas.js';
+import { responseShape, type ResponseKind } from './openai-responses.js';
+
+export interface FrontendOptions {
+  transport: Transport;
+  discovery: Discovery;
+  /** Tokenizer and chat template of the served model (a vocabulary is enough). */
+  engine: Engine;
+  clock: Clock;
+  random: Random;
+  log: Logger;
+  limits: Limits;
+  /** Interface to listen on. */
+  host: string;
+  /** Port to listen on; 0 picks a free one. */
+  port: number;
+  /** A stream from a decode worker that is silent this long fails with a timeout. */
+  streamIdleTimeoutMs: number;
+}
+
+/** Default `max_tokens` of /v1/completions when the client gives none, as OpenAI's API does. */
+const completionMaxTokensDefault = 16;
+
+/**
+ * The OpenAI-compatible HTTP frontend: validates and tokenizes requests, routes them to a decode
+ * worker (which bootstraps a prefill worker), and streams the text back as SSE or one JSON body.
+ */
+export class Frontend {
+  private readonly app: FastifyInstance;
+  private readonly router: Router;
+  private readonly inFlight = new Set<AbortController>();
+  private address = '';
+
+  constructor(private readonly options: FrontendOptions) {
+    this.router = new Router(options.discovery, options.engine.model.name);
+    this.app = Fastify({ bodyLimit: options.limits.httpBodyBytesMax, logger: false, return503OnClosing: true });
+    this.routes();
+  }
+
+  /** The base URL the frontend listens on, e.g. http://127.0.0.1:8080. */
+  get url(): string {
+    return this.address;
+  }
+
+  get inFlightRequests(): number {
+    return this.inFlight.size;
+  }
+
+  async start(): Promise<void> {
+    this.address = await this.app.listen({ host: this.options.host, port: this.options.port });
+    this.options.log.info('frontend listening', { url: this.address, model: this.options.engine.model.name, routes: '/v1/completions /v1/chat/completions /v1/models /health' });
+  }
+
+  /** Stops listening and cancels requests in flight. */
+  async stop(): Promise<void> {
+    for (const controller of this.inFlight) controller.abort(new TandemError(ErrorCode.ShuttingDown, 'the frontend is stopping'));
+    await this.app.close();
+  }
+
+  private routes(): void {
+    const { app } = this;
+    app.setErrorHandler((error: { statusCode?: number; message: string }, _request, reply) => {
+      const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
+      if (status === 500) this.options.log.error('unhandled error in a route', { error: error.message });
+      const { body } = httpFailure(status, status === 500 ? 'internal error' : error.message);
+      void reply.status(status).send(body);
+    });
+    app.setNotFoundHandler((request, reply) => {
+      const { status, body } = httpFailure(404, `no route ${request.method} ${request.url}`);
+      void reply.status(status).send(body);
+    });
+    app.get('/health', async () => ({
+      status: 'ok',
+      model: this.options.engine.model.name,
+      workers: { prefill: this.router.workers('prefill').length, decode: this.router.workers('decode').length },
+      in_flight: this.inFlight.size,
+    }));
+    app.get('/v1/models', async () => ({
+      object: 'list',
+      data: [{ id: this.options.engine.model.name, object: 'model', created: 0, owned_by: 'tandem' }],
+    }));
+    const completion = completionSchema(this.options.limits);
+    const chat = chatSchema(this.options.limits);
+    app.post('/v1/completions', (request, reply) => this.serve('completion', request, reply, () => this.parse(completion, request.body)));
+    app.post('/v1/chat/completions', (request, reply) => this.serve('chat', request, reply, () => this.parse(chat, request.body)));
+  }
+
+  private parse<T>(schema: { safeParse(value: unknown): { success: true; data: T } | { success: false; error: { issues: Array<{ path: PropertyKey[]; message: string }> } } }, body: unknown): T {
+    const parsed = schema.safeParse(body);
+    if (parsed.success) return parsed.data;
+    const issue = parsed.error.issues[0];
+    const param = issue?.path.map(String).join('.') || null;
+    throw Object.assign(new TandemError(ErrorCode.BadRequest, param ? `${param}: ${issue?.message}` : `request body: ${issue?.message ?? 'invalid'}`), { param });
+  }
+
+  private async serve(kind: ResponseKind, request: FastifyRequest, reply: FastifyReply, parse: () => CompletionBody | ChatBody): Promise<void> {
+    let plan: GenerationPlan;
+    let body: CompletionBody | ChatBody;
+    try {
+      body = parse();
+      plan = this.plan(kind, body);
+    } catch (error) {
+      const failure = TandemError.from(error);
+      const { status, body: errorBody } = httpError(failure, (error as { param?: string | null }).param ?? null);
+      if (status >= 500) this.options.log.warn('refused a request', { code: failure.code, error: failure.message });
+      await reply.status(status).send(errorBody);
+      return;
+    }
+    const controller = new AbortController();
+    this.inFlight.add(controller);
+    const shape = responseShape(kind, plan.requestId, plan.model, Math.floor(this.options.clock.now() / 1000));
+    const events = generate({ ...this.options, idleTimeoutMs: this.options.streamIdleTimeoutMs }, plan, controller.signal);
+    // A client that goes away cancels its request, streamed or not.
+    const onClose = (): void => {
+      if (!reply.raw.writableFinished) controller.abort(new TandemError(ErrorCode.Cancelled, 'the client went away'));
+    };
+    reply.raw.on('close', onClose);
+    try {
+      if (body.stream) await this.stream(reply, events, shape, Boolean(body.stream_options?.include_usage));
+      else await reply.send(await this.collect(events, shape));
+    } catch (error) {
+      const failure = TandemError.from(error);
+      this.options.log.info('request failed', { request: plan.requestId, code: failure.code, error: failure.message });
+      if (!reply.sent && !reply.raw.headersSent) {
+        const { status, body: errorBody } = httpError(failure);
+        await reply.status(status).send(errorBody);
+      }
+    } finally {
+      reply.raw.off('close', onClose);
+      this.inFlight.delete(controller);
+    }
+  }
+
+  /** Validates limits, tokenizes and picks workers. Throws TandemError for the client. */
+  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): GenerationPlan {
+    const { engine, limits, random } = this.options;
+    if (body.model !== engine.model.name) {
+      throw new TandemError(ErrorCode.ModelNotFound, `model '${body.model}' is not served here; try '${engine.model.name}'`);
+    }
+    const text =
+      kind === 'chat'
+        ? engine.applyChatTemplate(
+            (body as ChatBody).messages.map((m) => ({ role: m.role, content: typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join('') })),
+          )
+        : [(body as CompletionBody).prompt].flat()[0]!;
+    const promptTokens = engine.tokenize(text);
+    if (promptTokens.length === 0) throw new TandemError(ErrorCode.BadRequest, 'the prompt is empty');
+    const contextRoom = engine.model.contextTokensMax - promptTokens.length;
+    if (promptTokens.length > limits.promptTokensMax || contextRoom < 1) {
+      throw new TandemError(ErrorCode.PromptTooLong, `the prompt has ${promptTokens.length} tokens; at most ${Math.min(limits.promptTokensMax, engine.model.contextTokensMax - 1)} are allowed`);
+    }
+    const asked = kind === 'chat' ? ((body as ChatBody).max_completion_tokens ?? body.max_tokens) : body.max_tokens;
+    const maxTokens = asked ?? (kind === 'chat' ? Math.min(limits.maxTokensMax, contextRoom) : completionMaxTokensDefault);
+    if (maxTokens > contextRoom) {
+      throw new TandemError(ErrorCode.PromptTooLong, `prompt (${promptTokens.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${engine.model.contextTokensMax}`);
+    }
+    if (this.inFlight.size >= limits.inFlightRequestsMax) {
+      throw new TandemError(ErrorCode.Overloaded, `${limits.inFlightRequestsMax} requests are in flight; retry later`);
+    }
+    const decode = this.router.pickDecode();
+    if (!decode) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
+    return {
+      requestId: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${random.id(24)}`,
+      model: engine.model.name,
+      promptTokens,
+      sampling: {
+        temperature: body.temperature ?? 1,
+        top_p: body.top_p ?? 1,
+        seed: body.seed ?? random.uint32(),
+        max_tokens: maxTokens,
+        ignore_eos: body.ignore_eos ?? false,
+      },
+      stops: body.stop == null ? [] : [body.stop].flat(),
+      decode,
+      prefill: this.router.prefillCandidates(),
+    };
+  }
+
+  private async collect(events: AsyncGenerator<GenerationEvent>, shape: ReturnType<typeof responseShape>): Promise<unknown> {
+    let text = '';
+    for await (const event of events) {
+      if (event.type === 'text') text += event.text;
+      else return shape.complete(text, event);
+    }
+    throw new TandemError(ErrorCode.Internal, 'the generation ended without finishing');
+  }
+
+  /** Streams SSE. Headers go out with the first event, so a request that fails before it gets a plain HTTP error. */
+  private async stream(
+    reply: FastifyReply,
+    events: AsyncGenerator<GenerationEvent>,
+    shape: ReturnType<typeof responseShape>,
+    includeUsage: boolean,
+  ): Promise<void> {
+    const res = reply.raw;
+    try {
+      let started = false;
+      for await (const event of events) {
+        if (!started) {
+          reply.hijack();
+          res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
+          started = true;
+          const opening = shape.opening();
+          if (opening) await send(res, opening);
+        }
+        if (event.type === 'text') {
+          await send(res, shape.delta(event.text));
+        } else {
+          await send(res, shape.last(event));
+          if (includeUsage) await send(res, shape.usage(event));
+          res.end('data: [DONE]\n\n');
+          return;
+        }
+      }
+    } catch (error) {
+      if (!res.headersSent) throw error;
+      // The stream already started: report the failure in-band, as OpenAI's API does.
+      if (!res.writableEnded && !res.destroyed) {
+        const { body } = httpError(TandemError.from(error));
+        res.end(`data: ${JSON.stringify(body)}\n\n`);
+      }
+    }
+  }
+}
+
+/** Writes one SSE event, waiting for the socket to drain when the client reads slowly. */
+async function send(res: ServerResponse, payload: unknown): Promise<void> {
+  if (res.destroyed) throw new TandemError(ErrorCode.Cancelled, 'the client went away');
+  if (!res.write(`data: ${JSON.stringify(payload)}\n\n`)) {
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        res.off('drain', done);
+        res.off('close', done);
+        resolve();
+      };
+      res.on('drain', done);
+      res.on('close', done);
+    });
+  }
+}

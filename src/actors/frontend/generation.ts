@@ -1,0 +1,70 @@
+import type { WorkerRecord } from '../../discovery/discovery.js';
+import type { Engine } from '../../engine/engine.js';
+import { ErrorCode, TandemError } from '../../errors.js';
+import { decode, encode } from '../../protocol/codec.js';
+import type { WireSampling } from '../../protocol/messages.js';
+import { subjects } from '../../protocol/subjects.js';
+import type { Transport } from '../../transport/transport.js';
+import { StopMatcher } from './stop-matcher.js';
+
+/** Everything the frontend decided about a request before sending it to a decode worker. */
+export interface GenerationPlan {
+  requestId: string;
+  model: string;
+  promptTokens: number[];
+  sampling: WireSampling;
+  stops: string[];
+  decode: WorkerRecord;
+  prefill: WorkerRecord[];
+}
+
+export type GenerationEvent =
+  | { type: 'text'; text: string }
+  | { type: 'finish'; finishReason: 'stop' | 'length'; promptTokens: number; completionTokens: number };
+
+/**
+ * Sends a request to its decode worker and yields its text as it streams back, then how it
+ * finished. Stopping the iteration early cancels the request on the decode worker.
+ */
+export async function* generate(
+  deps: { transport: Transport; engine: Engine; idleTimeoutMs: number },
+  plan: GenerationPlan,
+  signal?: AbortSignal,
+): AsyncGenerator<GenerationEvent> {
+  const request = encode('generate', {
+    request_id: plan.requestId,
+    model: plan.model,
+    prompt_tokens: plan.promptTokens,
+    sampling: plan.sampling,
+    prefill_candidates: plan.prefill.map((worker) => ({ instance_id: worker.instanceId, subject_prefix: worker.subjectPrefix })),
+  });
+  const stream = deps.transport.stream(subjects.generate(plan.decode.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal });
+  const detokenizer = deps.engine.createDetokenizer();
+  const stop = new StopMatcher(plan.stops);
+  let received = 0;
+  try {
+    for await (const chunk of stream) {
+      const message = decode(chunk, 'tokens', 'finish', 'error');
+      if (message.t === 'error') throw TandemError.fromWire({ code: message.error.code as ErrorCode, message: message.error.message });
+      if (message.t === 'finish') {
+        const text = stop.push(detokenizer.flush()) + stop.flush();
+        if (text) yield { type: 'text', text };
+        yield { type: 'finish', finishReason: message.finish_reason, promptTokens: message.prompt_tokens, completionTokens: message.completion_tokens };
+        return;
+      }
+      if (message.index !== received) {
+        throw new TandemError(ErrorCode.Internal, `token ${message.index} arrived when ${received} was expected`);
+      }
+      received += message.tokens.length;
+      const text = stop.push(detokenizer.push(message.tokens));
+      if (text) yield { type: 'text', text };
+      if (stop.done) {
+        yield { type: 'finish', finishReason: 'stop', promptTokens: plan.promptTokens.length, completionTokens: received };
+        return;
+      }
+    }
+    throw new TandemError(ErrorCode.Closed, 'the decode worker ended the stream without finishing the request');
+  } finally {
+    stream.cancel();
+  }
+}

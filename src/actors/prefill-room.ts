@@ -1,0 +1,190 @@
+import { createActor, fromPromise, type Actor } from 'xstate';
+import { ErrorCode, TandemError } from '../errors.js';
+import type { RegionDescriptor } from '../fabric/fabric.js';
+import { encodeKvPayload } from '../kv/kv-payload.js';
+import { pagesFor } from '../kv/page-pool.js';
+import { roomMachine, type RoomContext, type RoomOutput } from '../machines/room-machine.js';
+import { encode } from '../protocol/codec.js';
+import type { MessageOf } from '../protocol/messages.js';
+import { sleep } from '../time/clock.js';
+import type { FabricLinks } from './fabric-links.js';
+import type { PrefillWorkerOptions } from './prefill-worker.js';
+import { samplingFromWire } from './decode-request.js';
+
+/** Pages in one fabric write. */
+const writePagesMax = 64;
+/** Writes of one room in flight at once; an abort stops the rest from being posted. */
+const writesInFlightMax = 4;
+
+export interface RoomDeps extends PrefillWorkerOptions {
+  links: FabricLinks;
+  retired(room: PrefillRoom, status: RoomOutput['status']): void;
+}
+
+interface Job {
+  readonly body: MessageOf<'prefill_request'>;
+  readonly region: RegionDescriptor;
+  payload?: Uint8Array;
+}
+
+function regionFromWire(wire: MessageOf<'prefill_request'>['region']): RegionDescriptor {
+  return { fabric: wire.fabric, endpoint: wire.endpoint, regionId: wire.region_id, pageBytes: wire.page_bytes, pageCount: wire.page_count };
+}
+
+/** One room on the prefill worker: its machine, its KV payload and its writes in flight. */
+export class PrefillRoom {
+  readonly requestId: string;
+  readonly room: number;
+  private readonly actor: Actor<typeof roomMachine>;
+  private job: Job | undefined;
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly pendingAcks: Array<() => void> = [];
+
+  constructor(
+    private readonly deps: RoomDeps,
+    identity: { requestId: string; room: number },
+  ) {
+    this.requestId = identity.requestId;
+    this.room = identity.room;
+    const { deadlines } = deps;
+    const machine = roomMachine.provide({
+      actors: {
+        compute: fromPromise(async ({ signal }) => this.compute(signal)),
+        transfer: fromPromise(async ({ signal }) => this.transfer(signal)),
+        drain: fromPromise(async () => this.drain()),
+      },
+      actions: {
+        notifyPosted: (_, { context }) => this.publish(encode('transfer_posted', { ...this.roomFields(context), kv_bytes: context.kvBytes })),
+        notifyFailed: (_, { context }) =>
+          this.publish(encode('prefill_failed', { ...this.roomFields(context), error: context.error ?? { code: ErrorCode.PrefillFailed, message: 'prefill failed' } })),
+        retire: (_, { status }) => this.retire(status),
+      },
+    });
+    this.actor = createActor(machine, {
+      clock: deps.clock,
+      input: {
+        requestId: identity.requestId,
+        prefillId: deps.instanceId,
+        epoch: deps.epoch,
+        room: identity.room,
+        deadlines: {
+          // Decode may queue for pages before it sends the prefill request.
+          reservedMs: deadlines.allocationMs + deadlines.prefillMs,
+          computeMs: deadlines.prefillMs,
+          transferMs: deadlines.transferMs,
+          drainMs: deadlines.transferMs,
+          releaseMs: deadlines.pollingMs + deadlines.cleanupMs,
+        },
+      },
+    });
+  }
+
+  start(): void {
+    this.actor.start();
+  }
+
+  /** Starts the room's prefill; a second start, or one after an abort, is refused. */
+  begin(body: MessageOf<'prefill_request'>): void {
+    if (this.job || this.actor.getSnapshot().value !== 'reserved') {
+      throw new TandemError(ErrorCode.DuplicateRoom, `room ${this.room} was already started`);
+    }
+    const region = regionFromWire(body.region);
+    const outOfRange = body.pages.find((page) => page >= region.pageCount);
+    if (outOfRange !== undefined) throw new TandemError(ErrorCode.InvalidMessage, `page ${outOfRange} is outside the region's ${region.pageCount} pages`);
+    if (new Set(body.pages).size !== body.pages.length) throw new TandemError(ErrorCode.InvalidMessage, 'destination pages repeat');
+    this.job = { body, region };
+    this.actor.send({ type: 'START' });
+  }
+
+  /** Confirms or aborts the room; `ack` runs once the room has ended and none of its writes is in flight. */
+  release(outcome: 'confirmed' | 'aborted', ack: () => void): void {
+    this.pendingAcks.push(ack);
+    this.actor.send({ type: 'RELEASE', outcome });
+  }
+
+  /** The worker is stopping: drop the room without answering. */
+  stop(): void {
+    this.actor.stop();
+    this.job = undefined;
+  }
+
+  private roomFields(context: RoomContext) {
+    return { request_id: context.requestId, prefill_id: context.prefillId, epoch: context.epoch, room: context.room };
+  }
+
+  private publish(data: Uint8Array): void {
+    if (this.job) this.deps.transport.publish(this.job.body.events_subject, data);
+  }
+
+  private async compute(signal: AbortSignal): Promise<{ kvBytes: number }> {
+    const job = this.job!;
+    const { engine } = this.deps;
+    const { firstToken, kv } = await engine.prefill(job.body.prompt_tokens, samplingFromWire(job.body.sampling), signal);
+    const payload = encodeKvPayload({
+      modelIdentity: engine.model.identity,
+      kvLayout: engine.model.kvLayout,
+      tokenCount: job.body.prompt_tokens.length,
+      firstToken,
+      kv,
+    });
+    const needed = pagesFor(payload.byteLength, job.region.pageBytes);
+    if (needed > job.body.pages.length) {
+      throw new TandemError(ErrorCode.KvMismatch, `the KV needs ${needed} pages; decode allocated ${job.body.pages.length} (different models or page sizes?)`);
+    }
+    job.payload = payload;
+    return { kvBytes: payload.byteLength };
+  }
+
+  /** Writes the payload page run by page run, at most `writesInFlightMax` at once; the last write carries the room. */
+  private async transfer(signal: AbortSignal): Promise<void> {
+    const job = this.job!;
+    const payload = job.payload!;
+    const pageBytes = job.region.pageBytes;
+    const connection = await this.deps.links.get(job.region);
+    const pageCount = pagesFor(payload.byteLength, pageBytes);
+    const window = new Set<Promise<void>>();
+    let failure: unknown;
+    for (let first = 0; first < pageCount && !signal.aborted && failure === undefined; first += writePagesMax) {
+      const last = Math.min(first + writePagesMax, pageCount);
+      const write = connection.write({
+        room: this.room,
+        pages: job.body.pages.slice(first, last),
+        data: payload.subarray(first * pageBytes, Math.min(last * pageBytes, payload.byteLength)),
+        final: last === pageCount,
+      });
+      const tracked = write.then(
+        () => {},
+        (error: unknown) => {
+          failure ??= error;
+        },
+      );
+      window.add(tracked);
+      this.inflight.add(tracked);
+      void tracked.finally(() => {
+        window.delete(tracked);
+        this.inflight.delete(tracked);
+      });
+      if (window.size >= writesInFlightMax) await Promise.race(window);
+    }
+    await Promise.all(window);
+    if (failure !== undefined) throw TandemError.from(failure, ErrorCode.TransferFailed);
+    if (signal.aborted) throw signal.reason;
+  }
+
+  /** Resolves once no write of the room is in flight, tearing the connection down if they do not settle in time. */
+  private async drain(): Promise<void> {
+    if (this.inflight.size === 0) return;
+    const settled = Promise.allSettled([...this.inflight]).then(() => true);
+    const patience = sleep(this.deps.clock, this.deps.deadlines.transferMs / 2).then(() => false);
+    if (await Promise.race([settled, patience])) return;
+    this.deps.log.warn('writes did not settle; tearing down the fabric connection', { room: this.room, request: this.requestId });
+    if (this.job) this.deps.links.reset(this.job.region);
+    await settled;
+  }
+
+  private retire(status: RoomOutput['status']): void {
+    this.job = undefined;
+    this.deps.retired(this, status);
+    for (const ack of this.pendingAcks.splice(0)) ack();
+  }
+}

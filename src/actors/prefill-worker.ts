@@ -1,0 +1,189 @@
+import type { Discovery } from '../discovery/discovery.js';
+import type { Engine } from '../engine/engine.js';
+import { ErrorCode, TandemError } from '../errors.js';
+import type { Fabric } from '../fabric/fabric.js';
+import type { Deadlines, Limits } from '../limits.js';
+import type { Logger } from '../log.js';
+import { decode, encode } from '../protocol/codec.js';
+import { subjects, workerPrefix } from '../protocol/subjects.js';
+import type { Random } from '../random/random.js';
+import type { Clock } from '../time/clock.js';
+import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
+import { FabricLinks } from './fabric-links.js';
+import { PrefillRoom, type RoomDeps } from './prefill-room.js';
+
+export interface PrefillWorkerOptions {
+  /** Unique id of this worker incarnation. */
+  instanceId: string;
+  /** Incarnation number; stamped on every room so rooms of an earlier life are told apart. */
+  epoch: number;
+  transport: Transport;
+  discovery: Discovery;
+  fabric: Fabric;
+  engine: Engine;
+  clock: Clock;
+  random: Random;
+  log: Logger;
+  limits: Limits;
+  deadlines: Deadlines;
+}
+
+export interface PrefillWorkerStats {
+  /** Rooms held now. */
+  rooms: number;
+  /** Rooms by how they ended. */
+  retired: Record<'released' | 'expired' | 'failed', number>;
+  /** Messages refused: malformed, unknown room, stale epoch, duplicate start. */
+  refused: number;
+  /** Fabric connections open to decode workers. */
+  connections: number;
+}
+
+/** Rooms remembered after they end, so a repeated release is acknowledged instead of refused. */
+const retiredRoomsMax = 4096;
+
+/**
+ * The prefill worker: its bootstrap endpoint grants rooms; each room computes a prompt's KV and
+ * writes it one-sided into the pages its decode worker allocated.
+ */
+export class PrefillWorker {
+  readonly subjectPrefix: string;
+  private readonly rooms = new Map<number, PrefillRoom>();
+  private readonly retiredRooms = new Set<number>();
+  private readonly subscriptions: Subscription[] = [];
+  private readonly links: FabricLinks;
+  private readonly counters = { released: 0, expired: 0, failed: 0, refused: 0 };
+  private nextRoom: number;
+  private accepting = false;
+
+  constructor(private readonly options: PrefillWorkerOptions) {
+    this.subjectPrefix = workerPrefix('prefill', options.instanceId);
+    this.links = new FabricLinks(options.fabric, { instanceId: options.instanceId, epoch: options.epoch });
+    // Rooms start at a random point so a restarted worker does not reissue its last life's numbers.
+    this.nextRoom = options.random.uint32() || 1;
+  }
+
+  get instanceId(): string {
+    return this.options.instanceId;
+  }
+
+  async start(): Promise<void> {
+    const { transport, log } = this.options;
+    this.subscriptions.push(
+      transport.subscribe(subjects.bootstrap(this.subjectPrefix), (m) => this.guard(m, () => this.onBootstrap(m))),
+      transport.subscribe(subjects.prefill(this.subjectPrefix), (m) => this.guard(m, () => this.onPrefill(m))),
+      transport.subscribe(subjects.release(this.subjectPrefix), (m) => this.guard(m, () => this.onRelease(m))),
+    );
+    this.accepting = true;
+    await this.options.discovery.register({
+      instanceId: this.options.instanceId,
+      role: 'prefill',
+      model: this.options.engine.model.name,
+      epoch: this.options.epoch,
+      subjectPrefix: this.subjectPrefix,
+    });
+    log.info('prefill worker started', { worker: this.options.instanceId, epoch: this.options.epoch, subjects: this.subjectPrefix, roomsMax: this.options.limits.roomsMax });
+  }
+
+  /** Stops granting rooms, leaves discovery, and tears down fabric connections. */
+  async stop(): Promise<void> {
+    this.accepting = false;
+    await this.options.discovery.deregister(this.options.instanceId);
+    for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
+    for (const room of [...this.rooms.values()]) room.stop();
+    this.links.closeAll();
+  }
+
+  stats(): PrefillWorkerStats {
+    return {
+      rooms: this.rooms.size,
+      retired: { released: this.counters.released, expired: this.counters.expired, failed: this.counters.failed },
+      refused: this.counters.refused,
+      connections: this.links.size,
+    };
+  }
+
+  /** Runs a handler; an operating error becomes an error reply, never a crash. */
+  private guard(message: InboundMessage, handle: () => void): void {
+    try {
+      handle();
+    } catch (error) {
+      const failure = TandemError.from(error, ErrorCode.InvalidMessage);
+      this.counters.refused++;
+      this.options.log.warn('refused a message', { subject: message.subject, code: failure.code, error: failure.message });
+      if (message.expectsReply) message.respond(encode('error', { error: failure.toWire() }));
+    }
+  }
+
+  private onBootstrap(message: InboundMessage): void {
+    const body = decode(message.data, 'bootstrap_request');
+    if (!this.accepting) throw new TandemError(ErrorCode.ShuttingDown, 'the prefill worker is stopping');
+    if (body.model !== this.options.engine.model.name) {
+      throw new TandemError(ErrorCode.ModelNotFound, `this worker serves '${this.options.engine.model.name}', not '${body.model}'`);
+    }
+    if (this.rooms.size >= this.options.limits.roomsMax) {
+      throw new TandemError(ErrorCode.Overloaded, `all ${this.options.limits.roomsMax} rooms are in use`);
+    }
+    const number = this.allocateRoomNumber();
+    const room = new PrefillRoom(this.roomDeps(), { requestId: body.request_id, room: number });
+    this.rooms.set(number, room);
+    room.start();
+    message.respond(encode('bootstrap_grant', { request_id: body.request_id, prefill_id: this.options.instanceId, epoch: this.options.epoch, room: number }));
+  }
+
+  private onPrefill(message: InboundMessage): void {
+    const body = decode(message.data, 'prefill_request');
+    const room = this.roomFor(body);
+    room.begin(body);
+    message.respond(encode('prefill_started', { request_id: body.request_id, prefill_id: body.prefill_id, epoch: body.epoch, room: body.room }));
+  }
+
+  private onRelease(message: InboundMessage): void {
+    const body = decode(message.data, 'release_request');
+    const ack = encode('release_ack', { request_id: body.request_id, prefill_id: body.prefill_id, epoch: body.epoch, room: body.room });
+    if (body.prefill_id === this.options.instanceId && body.epoch === this.options.epoch && this.retiredRooms.has(body.room)) {
+      message.respond(ack);
+      return;
+    }
+    this.roomFor(body).release(body.outcome, () => message.respond(ack));
+  }
+
+  /** The room a message names, after checking that it is ours, of this life, and of this request. */
+  private roomFor(body: { prefill_id: string; epoch: number; room: number; request_id: string }): PrefillRoom {
+    if (body.prefill_id !== this.options.instanceId) {
+      throw new TandemError(ErrorCode.UnknownRoom, `room ${body.room} belongs to ${body.prefill_id}, not ${this.options.instanceId}`);
+    }
+    if (body.epoch !== this.options.epoch) {
+      throw new TandemError(ErrorCode.StaleEpoch, `room ${body.room} is of epoch ${body.epoch}; this worker is at epoch ${this.options.epoch}`);
+    }
+    const room = this.rooms.get(body.room);
+    if (!room || room.requestId !== body.request_id) {
+      throw new TandemError(ErrorCode.UnknownRoom, `no room ${body.room} for request ${body.request_id}`);
+    }
+    return room;
+  }
+
+  private allocateRoomNumber(): number {
+    for (;;) {
+      const number = this.nextRoom;
+      this.nextRoom = (this.nextRoom + 1) >>> 0 || 1;
+      if (!this.rooms.has(number) && !this.retiredRooms.has(number)) return number;
+    }
+  }
+
+  private roomDeps(): RoomDeps {
+    return {
+      ...this.options,
+      links: this.links,
+      retired: (room, status) => {
+        this.rooms.delete(room.room);
+        this.retiredRooms.add(room.room);
+        if (this.retiredRooms.size > retiredRoomsMax) {
+          const oldest = this.retiredRooms.values().next().value;
+          if (oldest !== undefined) this.retiredRooms.delete(oldest);
+        }
+        this.counters[status]++;
+      },
+    };
+  }
+}

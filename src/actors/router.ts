@@ -1,0 +1,38 @@
+import type { Discovery, WorkerRecord, WorkerRole } from '../discovery/discovery.js';
+
+/**
+ * Picks workers for a request: round-robin over the decode workers serving the model, and an
+ * ordered list of prefill candidates starting at the next prefill worker in turn, so bootstrap
+ * retries land on other workers.
+ */
+export class Router {
+  private readonly turn: Record<WorkerRole, number> = { prefill: 0, decode: 0 };
+
+  constructor(
+    private readonly discovery: Discovery,
+    private readonly model: string,
+  ) {}
+
+  /** Workers of a role that serve the model, in registration order. */
+  workers(role: WorkerRole): WorkerRecord[] {
+    return this.discovery.list(role).filter((record) => record.model === this.model);
+  }
+
+  /** The next decode worker in turn, or undefined when none is registered. */
+  pickDecode(): WorkerRecord | undefined {
+    return this.rotate('decode')[0];
+  }
+
+  /** Every prefill worker, starting with the next one in turn. */
+  prefillCandidates(): WorkerRecord[] {
+    return this.rotate('prefill');
+  }
+
+  private rotate(role: WorkerRole): WorkerRecord[] {
+    const all = this.workers(role);
+    if (all.length === 0) return all;
+    const start = this.turn[role] % all.length;
+    this.turn[role] = (start + 1) % all.length;
+    return [...all.slice(start), ...all.slice(0, start)];
+  }
+}

@@ -1,0 +1,127 @@
+import { ErrorCode, TandemError } from '../../errors.js';
+import type { Clock, TimerId } from '../../time/clock.js';
+import type { Discovery, DiscoveryEvent, WorkerRecord, WorkerRole } from '../discovery.js';
+
+/** Options of a MemoryDiscovery. */
+export interface MemoryDiscoveryOptions {
+  /** Schedules watcher notifications, so a VirtualClock orders them with every other event. */
+  clock: Clock;
+  /** Sees watcher exceptions, which are otherwise dropped so one bad watcher cannot starve the others. */
+  onWatcherError?: (error: unknown) => void;
+}
+
+/** What a MemoryDiscovery holds right now, for leak checks. */
+export interface MemoryDiscoveryStats {
+  recordCount: number;
+  watcherCount: number;
+  /** Notifications armed on the clock and not yet delivered. */
+  pendingNotificationCount: number;
+}
+
+interface Watcher {
+  readonly fn: (event: DiscoveryEvent) => void;
+  active: boolean;
+}
+
+/**
+ * Discovery for one process and the simulator: records live in a map, nothing expires.
+ *
+ * Watchers are notified asynchronously, one clock turn (`clock.setTimeout(fn, 0)`) after the
+ * change, in the order changes happened, so a watcher never re-enters the caller of `register`.
+ * A watcher sees only changes made after it started watching. Re-registering an instance keeps
+ * its place in `list()` order and notifies 'added' with the new record. Records are copied in and
+ * out, so nobody can change the registry by mutating an object. After `close()`, `register` and
+ * `deregister` reject with a TandemError('closed'), `list()` is empty and `watch` is a no-op.
+ */
+export class MemoryDiscovery implements Discovery {
+  private readonly clock: Clock;
+  private readonly onWatcherError: ((error: unknown) => void) | undefined;
+  private readonly records = new Map<string, WorkerRecord>();
+  private readonly watchers = new Set<Watcher>();
+  private readonly notifications = new Set<TimerId>();
+  private closed = false;
+
+  constructor(options: MemoryDiscoveryOptions) {
+    this.clock = options.clock;
+    this.onWatcherError = options.onWatcherError;
+  }
+
+  /** Counts for leak checks. */
+  stats(): MemoryDiscoveryStats {
+    return {
+      recordCount: this.records.size,
+      watcherCount: this.watchers.size,
+      pendingNotificationCount: this.notifications.size,
+    };
+  }
+
+  async register(record: WorkerRecord): Promise<void> {
+    if (this.closed) throw closedError();
+    const stored = structuredClone(record);
+    this.records.set(stored.instanceId, stored);
+    this.notify({ type: 'added', record: stored });
+  }
+
+  async deregister(instanceId: string): Promise<void> {
+    if (this.closed) throw closedError();
+    const record = this.records.get(instanceId);
+    if (!record) return;
+    this.records.delete(instanceId);
+    this.notify({ type: 'removed', record });
+  }
+
+  list(role?: WorkerRole): WorkerRecord[] {
+    const records = [...this.records.values()];
+    return (role === undefined ? records : records.filter((record) => record.role === role)).map((record) => structuredClone(record));
+  }
+
+  watch(fn: (event: DiscoveryEvent) => void): () => void {
+    if (this.closed) return () => undefined;
+    const watcher: Watcher = { fn, active: true };
+    this.watchers.add(watcher);
+    return () => {
+      watcher.active = false;
+      this.watchers.delete(watcher);
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const watcher of this.watchers) watcher.active = false;
+    this.watchers.clear();
+    for (const id of this.notifications) this.clock.clearTimeout(id);
+    this.notifications.clear();
+    this.records.clear();
+  }
+
+  /** Tells the watchers of this moment, one turn later, each with its own copy of the record. */
+  private notify(event: DiscoveryEvent): void {
+    const audience = [...this.watchers];
+    if (audience.length === 0) return;
+    const id = this.clock.setTimeout(() => {
+      this.notifications.delete(id);
+      for (const watcher of audience) {
+        if (!watcher.active) continue;
+        try {
+          watcher.fn({ type: event.type, record: structuredClone(event.record) });
+        } catch (error) {
+          this.reportWatcherError(error);
+        }
+      }
+    }, 0);
+    this.notifications.add(id);
+  }
+
+  private reportWatcherError(error: unknown): void {
+    try {
+      this.onWatcherError?.(error);
+    } catch {
+      // The error sink itself failed; the remaining watchers are still told.
+    }
+  }
+}
+
+function closedError(): TandemError {
+  return new TandemError(ErrorCode.Closed, 'discovery is closed');
+}

@@ -1,0 +1,162 @@
+// The composition root: the only place that picks concrete transports, fabrics and engines.
+import { DecodeWorker, type DecodeWorkerStats } from '../actors/decode-worker.js';
+import { Frontend } from '../actors/frontend/frontend.js';
+import { PrefillWorker, type PrefillWorkerStats } from '../actors/prefill-worker.js';
+import { MemoryDiscovery } from '../discovery/memory/memory-discovery.js';
+import { SimEngine } from '../engine/sim/sim-engine.js';
+import type { SimEngineOptions } from '../engine/sim/sim-options.js';
+import { SimFabricNetwork } from '../fabric/sim/sim-fabric.js';
+import { defaultDeadlines, defaultLimits, type Deadlines, type Limits } from '../limits.js';
+import { consoleLogger, type Logger, type LogLevel } from '../log.js';
+import { seededRandom } from '../random/random.js';
+import type { Clock } from '../time/clock.js';
+import { realClock, realSeed } from '../time/real-clock.js';
+import { MemoryTransport } from '../transport/memory/memory-transport.js';
+
+/** Options of the sim engine each worker runs (the clock is the cluster's). */
+export type SimEngineConfig = Omit<SimEngineOptions, 'clock'>;
+
+/** How to build an embedded cluster. Every field is optional. */
+export interface ClusterConfig {
+  /** Interface the HTTP frontend listens on; default 127.0.0.1. */
+  host?: string;
+  /** HTTP port; default 8080, 0 picks a free one. */
+  port?: number;
+  /** Prefill workers; default 1. */
+  prefillWorkers?: number;
+  /** Decode workers; default 1. */
+  decodeWorkers?: number;
+  /** 'disaggregated' (default): prefill on prefill workers, KV over the fabric. 'aggregated': decode workers prefill locally. */
+  mode?: 'disaggregated' | 'aggregated';
+  /** Seed of ids, room numbers and default sampling seeds; default from the OS. */
+  seed?: number;
+  /** The sim engine's model and timing. */
+  engine?: SimEngineConfig;
+  /** Bytes per KV page; default 16 KiB. */
+  pageBytes?: number;
+  /** KV pages per decode worker; default 4096 (64 MiB at 16 KiB pages). */
+  pageCount?: number;
+  /** Simulated fabric: one-way latency and bandwidth. */
+  fabric?: { latencyMs?: number; bytesPerMs?: number };
+  /** Overrides of the limits in src/limits.ts. */
+  limits?: Partial<Limits>;
+  /** Overrides of the per-state deadlines. */
+  deadlines?: Partial<Deadlines>;
+  /** How long a decode stream may stay silent before the frontend gives up; default 120 s. */
+  streamIdleTimeoutMs?: number;
+  /** Log level of the default logger; default 'info'. */
+  logLevel?: LogLevel;
+  /** A logger to use instead of the default. */
+  log?: Logger;
+  /** The clock; default the real one. */
+  clock?: Clock;
+}
+
+/** A running embedded cluster. */
+export interface Cluster {
+  /** Base URL of the OpenAI-compatible API. */
+  readonly url: string;
+  readonly frontend: Frontend;
+  readonly prefill: readonly PrefillWorker[];
+  readonly decode: readonly DecodeWorker[];
+  /** Counters of every worker. */
+  stats(): { prefill: PrefillWorkerStats[]; decode: DecodeWorkerStats[]; inFlight: number };
+  /** Stops the frontend and every worker. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a frontend, prefill workers and decode workers in this process, over the memory
+ * transport and the simulated fabric, with the sim engine.
+ */
+export async function createCluster(config: ClusterConfig = {}): Promise<Cluster> {
+  const clock = config.clock ?? realClock;
+  const seed = config.seed ?? realSeed();
+  const random = seededRandom(seed);
+  const log = config.log ?? consoleLogger(config.logLevel ?? 'info');
+  const limits: Limits = { ...defaultLimits, ...config.limits };
+  const deadlines: Deadlines = { ...defaultDeadlines, ...config.deadlines };
+  const mode = config.mode ?? 'disaggregated';
+  const prefillCount = mode === 'aggregated' ? 0 : (config.prefillWorkers ?? 1);
+  const decodeCount = config.decodeWorkers ?? 1;
+  const pageBytes = config.pageBytes ?? 16 * 1024;
+  const pageCount = config.pageCount ?? 4096;
+
+  const transport = new MemoryTransport({ clock, streamBufferMax: limits.streamBufferMax, onHandlerError: (error, subject) => log.error('a message handler threw', { subject, error: String(error) }) });
+  const discovery = new MemoryDiscovery({ clock });
+  const network = new SimFabricNetwork({ clock, latencyMs: config.fabric?.latencyMs, bytesPerMs: config.fabric?.bytesPerMs });
+  const engine = (): SimEngine => new SimEngine({ ...config.engine, clock });
+  const fabrics: Array<{ close(): Promise<void> }> = [];
+  const attach = (name: string) => {
+    const fabric = network.attach(name);
+    fabrics.push(fabric);
+    return fabric;
+  };
+  const ids = random.split('instance-ids');
+
+  const prefill = Array.from({ length: prefillCount }, (_, i) => {
+    const instanceId = `prefill-${i}-${ids.id(6)}`;
+    return new PrefillWorker({
+      instanceId,
+      epoch: 1,
+      transport,
+      discovery,
+      fabric: attach(instanceId),
+      engine: engine(),
+      clock,
+      random: random.split(instanceId),
+      log: log.child({ worker: instanceId }),
+      limits,
+      deadlines,
+    });
+  });
+  const decode = Array.from({ length: decodeCount }, (_, i) => {
+    const instanceId = `decode-${i}-${ids.id(6)}`;
+    return new DecodeWorker({
+      instanceId,
+      epoch: 1,
+      transport,
+      discovery,
+      fabric: attach(instanceId),
+      engine: engine(),
+      clock,
+      log: log.child({ worker: instanceId }),
+      pageBytes,
+      pageCount,
+      limits,
+      deadlines,
+      prefillLocally: mode === 'aggregated',
+    });
+  });
+  const frontend = new Frontend({
+    transport,
+    discovery,
+    engine: engine(),
+    clock,
+    random: random.split('frontend'),
+    log: log.child({ actor: 'frontend' }),
+    limits,
+    host: config.host ?? '127.0.0.1',
+    port: config.port ?? 8080,
+    streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
+  });
+
+  for (const worker of [...prefill, ...decode]) await worker.start();
+  await frontend.start();
+  log.info('cluster ready', { mode, prefill: prefill.length, decode: decode.length, seed, url: frontend.url });
+
+  return {
+    url: frontend.url,
+    frontend,
+    prefill,
+    decode,
+    stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend.inFlightRequests }),
+    async close() {
+      await frontend.stop();
+      for (const worker of [...decode, ...prefill]) await worker.stop();
+      for (const fabric of fabrics) await fabric.close();
+      await transport.close();
+      await discovery.close();
+    },
+  };
+}
