@@ -1,6 +1,6 @@
 import { Packr } from 'msgpackr';
 import { ErrorCode, TandemError } from '../errors.js';
-import { messageSchemas, type Message, type MessageOf, type MessageType } from './messages.js';
+import { messageSchemas, type MessageOf, type MessageType } from './messages.js';
 
 /** A decoded message of one of the types `T`, discriminated by `t`. */
 export type OneOf<T extends MessageType> = { [K in T]: MessageOf<K> }[T];
