@@ -2,11 +2,11 @@ import { createActor, fromPromise, type AnyActorRef } from 'xstate';
 import type { DecodeSequence, SamplingParams } from '../engine/engine.js';
 import { ErrorCode, TandemError, type WireError } from '../errors.js';
 import { ownerKey, type Region } from '../fabric/fabric.js';
-import { decodeKvPayload, encodeKvPayload, kvPayloadBytes } from '../kv/kv-payload.js';
+import { decodeKvPayload, kvPayloadBytes } from '../kv/kv-payload.js';
 import { pagesFor, type PagePool } from '../kv/page-pool.js';
 import type { Deadlines } from '../limits.js';
 import { localRequestMachine } from '../machines/local-request-machine.js';
-import { requestMachine, type FinishReason, type RequestEvent, type RequestOutput, type RoomGrant } from '../machines/request-machine.js';
+import { requestMachine, type FinishReason, type RequestContext, type RequestEvent, type RequestOutput, type RoomGrant } from '../machines/request-machine.js';
 import { decode, encode } from '../protocol/codec.js';
 import type { MessageOf } from '../protocol/messages.js';
 import { subjects } from '../protocol/subjects.js';
@@ -15,8 +15,15 @@ import type { DecodeBatcher } from './decode-batcher.js';
 import type { DecodeWorkerOptions } from './decode-worker.js';
 import type { RoomFence } from './room-fence.js';
 
+/** The request machines with the decode worker's effects, built once per worker. */
+export interface RequestLogic {
+  disaggregated: ReturnType<typeof disaggregatedLogic>;
+  local: ReturnType<typeof localLogic>;
+}
+
 /** What a request needs from its decode worker. */
 export interface DecodeRequestDeps extends DecodeWorkerOptions {
+  machines: RequestLogic;
   subjectPrefix: string;
   region: Region;
   pool: PagePool;
@@ -87,68 +94,61 @@ export class DecodeRequest {
   }
 
   private createDisaggregatedActor(): AnyActorRef {
-    const { deps, body } = this;
-    const machine = requestMachine.provide({
-      actors: {
-        bootstrap: fromPromise(async ({ input, signal }) => this.bootstrap(input.candidate, input.timeoutMs, signal)),
-        allocate: fromPromise(async ({ input, signal }) => {
-          const owner = this.ownerOf(input.grant);
-          this.bind(owner);
-          return deps.pool.acquire(owner, this.pagesNeeded(), signal);
-        }),
-        startPrefill: fromPromise(async ({ input, signal }) => this.startPrefill(input.grant, input.pages, signal)),
-        awaitKv: fromPromise(async ({ input, signal }) => this.awaitKv(input.grant, input.pages, signal)),
-        confirmRelease: fromPromise(async ({ input, signal }) => deps.fence.confirm(input.grant, this.requestId, signal)),
-        decode: fromPromise(async ({ input, signal }) => this.decode(input.firstToken, signal)),
-      },
-      actions: {
-        emitFirstToken: (_, params) => this.emit(params.firstToken),
-        releaseResources: (_, { context }) => {
-          this.releaseSequence();
-          if (this.boundOwner) deps.unbindRoom(this.boundOwner);
-          if (!context.grant) return;
-          const owner = this.ownerOf(context.grant);
-          const holdsPages = deps.pool.pagesOf(owner) !== undefined;
-          // Once the room's final write has landed no write of it can follow, so the pages are safe.
-          const transferDone = context.firstToken !== null;
-          if (holdsPages && transferDone) deps.pool.release(owner);
-          if (!context.roomReleased) deps.fence.abort(owner, context.grant, this.requestId, holdsPages && !transferDone);
-        },
-      },
-    });
-    return createActor(machine, {
-      clock: deps.clock,
+    return createActor(this.deps.machines.disaggregated, {
+      clock: this.deps.clock,
       input: {
-        requestId: body.request_id,
-        candidates: body.prefill_candidates.map((c) => ({ instanceId: c.instance_id, subjectPrefix: c.subject_prefix })),
+        requestId: this.body.request_id,
+        candidates: this.body.prefill_candidates.map((c) => ({ instanceId: c.instance_id, subjectPrefix: c.subject_prefix })),
         deadlines: this.deadlines,
-        bootstrapAttemptsMax: deps.limits.bootstrapAttemptsMax,
+        bootstrapAttemptsMax: this.deps.limits.bootstrapAttemptsMax,
       },
     });
   }
 
   private createLocalActor(): AnyActorRef {
+    return createActor(this.deps.machines.local, { clock: this.deps.clock, input: { requestId: this.requestId, deadlines: this.deadlines } });
+  }
+
+  /** Returns every page and room the request holds, fencing pages whose transfer may still write. */
+  releaseResources(context: Pick<RequestContext, 'grant' | 'firstToken' | 'roomReleased'>): void {
     const { deps } = this;
-    const owner = `local/${this.requestId}`;
-    const machine = localRequestMachine.provide({
-      actors: {
-        localPrefill: fromPromise(async ({ signal }) => {
-          const pages = await deps.pool.acquire(owner, this.pagesNeeded(), signal);
-          const { firstToken, kv } = await deps.engine.prefill(this.body.prompt_tokens, this.sampling, signal);
-          this.sequence = deps.engine.loadSequence(kv, this.body.prompt_tokens.length, firstToken, this.sampling);
-          return { firstToken, pages };
-        }),
-        decode: fromPromise(async ({ input, signal }) => this.decode(input.firstToken, signal)),
-      },
-      actions: {
-        emitFirstToken: (_, params) => this.emit(params.firstToken),
-        releaseResources: () => {
-          this.releaseSequence();
-          if (deps.pool.pagesOf(owner) !== undefined) deps.pool.release(owner);
-        },
-      },
-    });
-    return createActor(machine, { clock: deps.clock, input: { requestId: this.requestId, deadlines: this.deadlines } });
+    this.releaseSequence();
+    if (this.boundOwner) deps.unbindRoom(this.boundOwner);
+    if (!context.grant) return;
+    const owner = this.ownerOf(context.grant);
+    const holdsPages = deps.pool.pagesOf(owner) !== undefined;
+    // Once the room's final write has landed no write of it can follow, so the pages are safe.
+    const transferDone = context.firstToken !== null;
+    if (holdsPages && transferDone) deps.pool.release(owner);
+    if (!context.roomReleased) deps.fence.abort(owner, context.grant, this.requestId, holdsPages && !transferDone);
+  }
+
+  /** Aggregated serving: prefill into this worker's own pages, then decode. */
+  async localPrefill(signal: AbortSignal): Promise<{ firstToken: number; pages: readonly number[] }> {
+    const { deps } = this;
+    const pages = await deps.pool.acquire(this.localOwner, this.pagesNeeded(), signal);
+    const { firstToken, kv } = await deps.engine.prefill(this.body.prompt_tokens, this.sampling, signal);
+    this.sequence = deps.engine.loadSequence(kv, this.body.prompt_tokens.length, firstToken, this.sampling);
+    return { firstToken, pages };
+  }
+
+  releaseLocal(): void {
+    this.releaseSequence();
+    if (this.deps.pool.pagesOf(this.localOwner) !== undefined) this.deps.pool.release(this.localOwner);
+  }
+
+  allocate(grant: RoomGrant, signal: AbortSignal): Promise<number[]> {
+    const owner = this.ownerOf(grant);
+    this.bind(owner);
+    return this.deps.pool.acquire(owner, this.pagesNeeded(), signal);
+  }
+
+  confirmRelease(grant: RoomGrant, signal: AbortSignal): Promise<void> {
+    return this.deps.fence.confirm(grant, this.requestId, signal);
+  }
+
+  private get localOwner(): string {
+    return `local/${this.requestId}`;
   }
 
   private ownerOf(grant: RoomGrant): string {
@@ -167,7 +167,7 @@ export class DecodeRequest {
     return pagesFor(bytes, pageBytes);
   }
 
-  private async bootstrap(candidate: { instanceId: string; subjectPrefix: string }, timeoutMs: number, signal: AbortSignal): Promise<RoomGrant> {
+  async bootstrap(candidate: { instanceId: string; subjectPrefix: string }, timeoutMs: number, signal: AbortSignal): Promise<RoomGrant> {
     const request = encode('bootstrap_request', { request_id: this.requestId, decode_id: this.deps.instanceId, model: this.body.model });
     const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs, signal }), 'bootstrap_grant', 'error');
     if (reply.t === 'error') throw wireToError(reply.error);
@@ -177,7 +177,7 @@ export class DecodeRequest {
     return { prefillId: reply.prefill_id, subjectPrefix: candidate.subjectPrefix, epoch: reply.epoch, room: reply.room };
   }
 
-  private async startPrefill(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<void> {
+  async startPrefill(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<void> {
     const { deps, body } = this;
     const region = deps.region.descriptor;
     const request = encode('prefill_request', {
@@ -200,7 +200,7 @@ export class DecodeRequest {
     if (reply.t === 'error') throw wireToError(reply.error);
   }
 
-  private awaitKv(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<{ firstToken: number }> {
+  awaitKv(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<{ firstToken: number }> {
     const { deps, body } = this;
     const owner = this.ownerOf(grant);
     const payloadBytes = kvPayloadBytes(deps.engine.kvBytes(body.prompt_tokens.length), deps.engine.model.identity, deps.engine.model.kvLayout);
@@ -228,7 +228,7 @@ export class DecodeRequest {
     });
   }
 
-  private emit(token: number): void {
+  emit(token: number): void {
     if (this.writer.closed) return;
     this.writer.write(encode('tokens', { request_id: this.requestId, index: this.emitted, tokens: [token] }));
     this.emitted++;
@@ -243,7 +243,7 @@ export class DecodeRequest {
     return undefined;
   }
 
-  private async decode(firstToken: number, signal: AbortSignal): Promise<{ finishReason: FinishReason }> {
+  async decode(firstToken: number, signal: AbortSignal): Promise<{ finishReason: FinishReason }> {
     const early = this.finishReasonAfter(firstToken);
     if (early) return { finishReason: early };
     if (!this.sequence) throw new TandemError(ErrorCode.Internal, 'decode started without a loaded sequence');
@@ -304,8 +304,42 @@ export class DecodeRequest {
   }
 }
 
+/**
+ * The request machine with effects that find their request by id. Providing implementations
+ * builds a new machine, so it is done once per worker rather than once per request.
+ */
+export function disaggregatedLogic(requestOf: (requestId: string) => DecodeRequest) {
+  return requestMachine.provide({
+    actors: {
+      bootstrap: fromPromise(async ({ input, signal }) => requestOf(input.requestId).bootstrap(input.candidate, input.timeoutMs, signal)),
+      allocate: fromPromise(async ({ input, signal }) => requestOf(input.requestId).allocate(input.grant, signal)),
+      startPrefill: fromPromise(async ({ input, signal }) => requestOf(input.requestId).startPrefill(input.grant, input.pages, signal)),
+      awaitKv: fromPromise(async ({ input, signal }) => requestOf(input.requestId).awaitKv(input.grant, input.pages, signal)),
+      confirmRelease: fromPromise(async ({ input, signal }) => requestOf(input.requestId).confirmRelease(input.grant, signal)),
+      decode: fromPromise(async ({ input, signal }) => requestOf(input.requestId).decode(input.firstToken, signal)),
+    },
+    actions: {
+      emitFirstToken: (_, params) => requestOf(params.requestId).emit(params.firstToken),
+      releaseResources: (_, { context }) => requestOf(context.requestId).releaseResources(context),
+    },
+  });
+}
+
+/** The aggregated request machine with effects that find their request by id. */
+export function localLogic(requestOf: (requestId: string) => DecodeRequest) {
+  return localRequestMachine.provide({
+    actors: {
+      localPrefill: fromPromise(async ({ input, signal }) => requestOf(input.requestId).localPrefill(signal)),
+      decode: fromPromise(async ({ input, signal }) => requestOf(input.requestId).decode(input.firstToken, signal)),
+    },
+    actions: {
+      emitFirstToken: (_, params) => requestOf(params.requestId).emit(params.firstToken),
+      releaseResources: (_, { context }) => requestOf(context.requestId).releaseLocal(),
+    },
+  });
+}
+
 function wireToError(error: { code: string; message: string }): TandemError {
   return TandemError.fromWire(error as WireError);
 }
 
-export { encodeKvPayload };

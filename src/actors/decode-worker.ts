@@ -11,7 +11,7 @@ import { subjects, workerPrefix } from '../protocol/subjects.js';
 import type { Clock } from '../time/clock.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { DecodeBatcher } from './decode-batcher.js';
-import { DecodeRequest, type DecodeRequestDeps } from './decode-request.js';
+import { DecodeRequest, disaggregatedLogic, localLogic, type DecodeRequestDeps, type RequestLogic } from './decode-request.js';
 import { RoomFence } from './room-fence.js';
 
 export interface DecodeWorkerOptions {
@@ -66,12 +66,20 @@ export class DecodeWorker {
   private readonly rooms = new Map<string, DecodeRequest>();
   private readonly subscriptions: Subscription[] = [];
   private readonly counters = { done: 0, failed: 0, cancelled: 0, strayEvents: 0, invalidMessages: 0 };
+  private readonly machines: RequestLogic;
+  private deps: DecodeRequestDeps | undefined;
   private unwatchPeers: (() => void) | undefined;
   private accepting = false;
 
   constructor(private readonly options: DecodeWorkerOptions) {
     this.subjectPrefix = workerPrefix('decode', options.instanceId);
     this.batcher = new DecodeBatcher(options.engine, options.limits.decodeBatchMax, options.log);
+    const requestOf = (requestId: string): DecodeRequest => {
+      const request = this.requests.get(requestId);
+      if (!request) throw new TandemError(ErrorCode.Internal, `no request ${requestId} on this worker`);
+      return request;
+    };
+    this.machines = { disaggregated: disaggregatedLogic(requestOf), local: localLogic(requestOf) };
     this.fence = new RoomFence({ transport: options.transport, clock: options.clock, log: options.log, deadlines: options.deadlines });
   }
 
@@ -168,7 +176,8 @@ export class DecodeWorker {
     if (body.prompt_tokens.length === 0 || body.prompt_tokens.length > this.options.limits.promptTokensMax) {
       return refuse(new TandemError(ErrorCode.PromptTooLong, `prompt has ${body.prompt_tokens.length} tokens; allowed 1..${this.options.limits.promptTokensMax}`), body.request_id);
     }
-    const request = new DecodeRequest(this.requestDeps(), body, writer);
+    this.deps ??= this.requestDeps();
+    const request = new DecodeRequest(this.deps, body, writer);
     this.requests.set(body.request_id, request);
     request.start();
   }
@@ -176,6 +185,7 @@ export class DecodeWorker {
   private requestDeps(): DecodeRequestDeps {
     return {
       ...this.options,
+      machines: this.machines,
       subjectPrefix: this.subjectPrefix,
       region: this.region,
       pool: this.pool,

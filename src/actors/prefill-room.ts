@@ -16,7 +16,33 @@ const writePagesMax = 64;
 /** Writes of one room in flight at once; an abort stops the rest from being posted. */
 const writesInFlightMax = 4;
 
+/**
+ * The room machine with effects that find their room by number. Providing implementations
+ * builds a new machine, so it is done once per worker rather than once per room.
+ */
+export function roomLogic(roomOf: (room: number) => PrefillRoom) {
+  return roomMachine.provide({
+    actors: {
+      compute: fromPromise(async ({ input, signal }) => roomOf(input.room).compute(signal)),
+      transfer: fromPromise(async ({ input, signal }) => roomOf(input.room).transfer(signal)),
+      drain: fromPromise(async ({ input }) => roomOf(input.room).drain()),
+    },
+    actions: {
+      notifyPosted: (_, { context }) => {
+        const room = roomOf(context.room);
+        room.publish(encode('transfer_posted', { ...room.roomFields(context), kv_bytes: context.kvBytes }));
+      },
+      notifyFailed: (_, { context }) => {
+        const room = roomOf(context.room);
+        room.publish(encode('prefill_failed', { ...room.roomFields(context), error: context.error ?? { code: ErrorCode.PrefillFailed, message: 'prefill failed' } }));
+      },
+      retire: (_, { context, status }) => roomOf(context.room).retire(status),
+    },
+  });
+}
+
 export interface RoomDeps extends PrefillWorkerOptions {
+  machine: ReturnType<typeof roomLogic>;
   links: FabricLinks;
   retired(room: PrefillRoom, status: RoomOutput['status']): void;
 }
@@ -35,7 +61,7 @@ function regionFromWire(wire: MessageOf<'prefill_request'>['region']): RegionDes
 export class PrefillRoom {
   readonly requestId: string;
   readonly room: number;
-  private readonly actor: Actor<typeof roomMachine>;
+  private readonly actor: Actor<ReturnType<typeof roomLogic>>;
   private job: Job | undefined;
   private readonly inflight = new Set<Promise<void>>();
   private readonly pendingAcks: Array<() => void> = [];
@@ -47,20 +73,7 @@ export class PrefillRoom {
     this.requestId = identity.requestId;
     this.room = identity.room;
     const { deadlines } = deps;
-    const machine = roomMachine.provide({
-      actors: {
-        compute: fromPromise(async ({ signal }) => this.compute(signal)),
-        transfer: fromPromise(async ({ signal }) => this.transfer(signal)),
-        drain: fromPromise(async () => this.drain()),
-      },
-      actions: {
-        notifyPosted: (_, { context }) => this.publish(encode('transfer_posted', { ...this.roomFields(context), kv_bytes: context.kvBytes })),
-        notifyFailed: (_, { context }) =>
-          this.publish(encode('prefill_failed', { ...this.roomFields(context), error: context.error ?? { code: ErrorCode.PrefillFailed, message: 'prefill failed' } })),
-        retire: (_, { status }) => this.retire(status),
-      },
-    });
-    this.actor = createActor(machine, {
+    this.actor = createActor(deps.machine, {
       clock: deps.clock,
       input: {
         requestId: identity.requestId,
@@ -108,15 +121,15 @@ export class PrefillRoom {
     this.job = undefined;
   }
 
-  private roomFields(context: RoomContext) {
+  roomFields(context: RoomContext) {
     return { request_id: context.requestId, prefill_id: context.prefillId, epoch: context.epoch, room: context.room };
   }
 
-  private publish(data: Uint8Array): void {
+  publish(data: Uint8Array): void {
     if (this.job) this.deps.transport.publish(this.job.body.events_subject, data);
   }
 
-  private async compute(signal: AbortSignal): Promise<{ kvBytes: number }> {
+  async compute(signal: AbortSignal): Promise<{ kvBytes: number }> {
     const job = this.job!;
     const { engine } = this.deps;
     const { firstToken, kv } = await engine.prefill(job.body.prompt_tokens, samplingFromWire(job.body.sampling), signal);
@@ -136,7 +149,7 @@ export class PrefillRoom {
   }
 
   /** Writes the payload page run by page run, at most `writesInFlightMax` at once; the last write carries the room. */
-  private async transfer(signal: AbortSignal): Promise<void> {
+  async transfer(signal: AbortSignal): Promise<void> {
     const job = this.job!;
     const payload = job.payload!;
     const pageBytes = job.region.pageBytes;
@@ -172,7 +185,7 @@ export class PrefillRoom {
   }
 
   /** Resolves once no write of the room is in flight, tearing the connection down if they do not settle in time. */
-  private async drain(): Promise<void> {
+  async drain(): Promise<void> {
     if (this.inflight.size === 0) return;
     const settled = Promise.allSettled([...this.inflight]).then(() => true);
     const patience = sleep(this.deps.clock, this.deps.deadlines.transferMs / 2).then(() => false);
@@ -182,7 +195,7 @@ export class PrefillRoom {
     await settled;
   }
 
-  private retire(status: RoomOutput['status']): void {
+  retire(status: RoomOutput['status']): void {
     this.job = undefined;
     this.deps.retired(this, status);
     for (const ack of this.pendingAcks.splice(0)) ack();

@@ -10,7 +10,7 @@ import type { Random } from '../random/random.js';
 import type { Clock } from '../time/clock.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { FabricLinks } from './fabric-links.js';
-import { PrefillRoom, type RoomDeps } from './prefill-room.js';
+import { PrefillRoom, roomLogic, type RoomDeps } from './prefill-room.js';
 
 export interface PrefillWorkerOptions {
   /** Unique id of this worker incarnation. */
@@ -54,6 +54,7 @@ export class PrefillWorker {
   private readonly links: FabricLinks;
   private readonly counters = { released: 0, expired: 0, failed: 0, refused: 0 };
   private nextRoom: number;
+  private readonly deps: RoomDeps;
   private accepting = false;
 
   constructor(private readonly options: PrefillWorkerOptions) {
@@ -61,6 +62,7 @@ export class PrefillWorker {
     this.links = new FabricLinks(options.fabric, { instanceId: options.instanceId, epoch: options.epoch });
     // Rooms start at a random point so a restarted worker does not reissue its last life's numbers.
     this.nextRoom = options.random.uint32() || 1;
+    this.deps = this.roomDeps();
   }
 
   get instanceId(): string {
@@ -125,7 +127,7 @@ export class PrefillWorker {
       throw new TandemError(ErrorCode.Overloaded, `all ${this.options.limits.roomsMax} rooms are in use`);
     }
     const number = this.allocateRoomNumber();
-    const room = new PrefillRoom(this.roomDeps(), { requestId: body.request_id, room: number });
+    const room = new PrefillRoom(this.deps, { requestId: body.request_id, room: number });
     this.rooms.set(number, room);
     room.start();
     message.respond(encode('bootstrap_grant', { request_id: body.request_id, prefill_id: this.options.instanceId, epoch: this.options.epoch, room: number }));
@@ -172,8 +174,14 @@ export class PrefillWorker {
   }
 
   private roomDeps(): RoomDeps {
+    const roomOf = (number: number): PrefillRoom => {
+      const room = this.rooms.get(number);
+      if (!room) throw new TandemError(ErrorCode.Internal, `no room ${number} on this worker`);
+      return room;
+    };
     return {
       ...this.options,
+      machine: roomLogic(roomOf),
       links: this.links,
       retired: (room, status) => {
         this.rooms.delete(room.room);

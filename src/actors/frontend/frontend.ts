@@ -78,7 +78,16 @@ export class Frontend {
       const { body } = httpFailure(status, status === 500 ? 'internal error' : error.message);
       void reply.status(status).send(body);
     });
+    // The API takes JSON only; without this, Fastify's default text/plain parser hands zod a string.
+    app.removeContentTypeParser('text/plain');
     app.setNotFoundHandler((request, reply) => {
+      const path = request.url.split('?')[0] ?? request.url;
+      const allowed = ['GET', 'POST'].filter((method) => app.hasRoute({ url: path, method }));
+      if (allowed.length > 0) {
+        const { status, body } = httpFailure(405, `${request.method} is not allowed on ${path}; use ${allowed.join(' or ')}`);
+        void reply.status(status).header('allow', allowed.join(', ')).send(body);
+        return;
+      }
       const { status, body } = httpFailure(404, `no route ${request.method} ${request.url}`);
       void reply.status(status).send(body);
     });

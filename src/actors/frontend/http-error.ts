@@ -31,7 +31,8 @@ export function httpError(error: TandemError, param: string | null = null): { st
 
 /** Status and body for a failure the HTTP layer itself reports (bad JSON, body too large...). */
 export function httpFailure(status: number, message: string): { status: number; body: OpenAiErrorBody } {
-  const code = status === 413 ? 'body_too_large' : status === 415 ? 'unsupported_media_type' : status === 404 ? 'not_found' : ErrorCode.BadRequest;
+  const code =
+    status === 413 ? 'body_too_large' : status === 415 ? 'unsupported_media_type' : status === 404 ? 'not_found' : status === 405 ? 'method_not_allowed' : ErrorCode.BadRequest;
   return { status, body: { error: { message, type: status < 500 ? 'invalid_request_error' : 'server_error', param: null, code } } };
 }
 
