@@ -1,7 +1,7 @@
 import type { Discovery } from '../discovery/discovery.js';
 import type { Engine } from '../engine/engine.js';
 import { ErrorCode, TandemError } from '../errors.js';
-import type { Fabric, Region } from '../fabric/fabric.js';
+import type { Fabric, Region, RegionStats } from '../fabric/fabric.js';
 import { ownerKey } from '../fabric/fabric.js';
 import { PagePool, type PagePoolStats } from '../kv/page-pool.js';
 import type { Deadlines, Limits } from '../limits.js';
@@ -49,6 +49,8 @@ export interface DecodeWorkerStats {
   invalidMessages: number;
   /** Rooms whose pages are quarantined, waiting for the prefill side to acknowledge an abort. */
   fencedRooms: number;
+  /** Writes applied to and refused by this worker's KV region. */
+  region: RegionStats;
 }
 
 /**
@@ -139,6 +141,7 @@ export class DecodeWorker {
       strayEvents: this.counters.strayEvents,
       invalidMessages: this.counters.invalidMessages,
       fencedRooms: this.fence.size,
+      region: { ...this.region.stats },
     };
   }
 
