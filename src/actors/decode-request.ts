@@ -169,12 +169,20 @@ export class DecodeRequest {
 
   async bootstrap(candidate: { instanceId: string; subjectPrefix: string }, timeoutMs: number, signal: AbortSignal): Promise<RoomGrant> {
     const request = encode('bootstrap_request', { request_id: this.requestId, decode_id: this.deps.instanceId, model: this.body.model });
-    const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs, signal }), 'bootstrap_grant', 'error');
+    // The request is not aborted with the machine: prefill may already be granting the room, and a
+    // grant nobody receives would stay reserved until it expires. A late grant is handed back below.
+    const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs }), 'bootstrap_grant', 'error');
     if (reply.t === 'error') throw wireToError(reply.error);
     if (reply.prefill_id !== candidate.instanceId || reply.request_id !== this.requestId) {
       throw new TandemError(ErrorCode.InvalidMessage, `bootstrap grant from ${reply.prefill_id} for ${reply.request_id} does not match the request`);
     }
-    return { prefillId: reply.prefill_id, subjectPrefix: candidate.subjectPrefix, epoch: reply.epoch, room: reply.room };
+    const grant = { prefillId: reply.prefill_id, subjectPrefix: candidate.subjectPrefix, epoch: reply.epoch, room: reply.room };
+    if (signal.aborted) {
+      // Cancelled, or this attempt timed out and another began: no page was allocated for the room.
+      this.deps.fence.abort(this.ownerOf(grant), grant, this.requestId, false);
+      throw signal.reason;
+    }
+    return grant;
   }
 
   async startPrefill(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<void> {

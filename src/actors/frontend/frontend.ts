@@ -6,7 +6,7 @@ import { ErrorCode, TandemError } from '../../errors.js';
 import type { Limits } from '../../limits.js';
 import type { Logger } from '../../log.js';
 import type { Random } from '../../random/random.js';
-import type { Clock } from '../../time/clock.js';
+import { sleep, type Clock } from '../../time/clock.js';
 import type { Transport } from '../../transport/transport.js';
 import { Router } from '../router.js';
 import { generate, type GenerationEvent, type GenerationPlan } from './generation.js';
@@ -31,6 +31,9 @@ export interface FrontendOptions {
   streamIdleTimeoutMs: number;
 }
 
+/** How long stop() lets cancelled requests send their error before it closes every connection. */
+const stopGraceMs = 1000;
+
 /** Default `max_tokens` of /v1/completions when the client gives none, as OpenAI's API does. */
 const completionMaxTokensDefault = 16;
 
@@ -42,6 +45,8 @@ export class Frontend {
   private readonly app: FastifyInstance;
   private readonly router: Router;
   private readonly inFlight = new Set<AbortController>();
+  /** Resolved when the last request in flight has answered (stop() waits on them). */
+  private readonly drained: Array<() => void> = [];
   private address = '';
 
   constructor(private readonly options: FrontendOptions) {
@@ -67,7 +72,17 @@ export class Frontend {
   /** Stops listening and cancels requests in flight. */
   async stop(): Promise<void> {
     for (const controller of this.inFlight) controller.abort(new TandemError(ErrorCode.ShuttingDown, 'the frontend is stopping'));
-    await this.app.close();
+    const closing = this.app.close();
+    // Node counts a connection that never sent a request (a client's spare keep-alive socket) as
+    // busy, so close() would wait until the client drops it. Once the cancelled requests have
+    // answered, or the grace period is over, every connection is closed.
+    if (this.inFlight.size > 0) {
+      const grace = new AbortController();
+      await Promise.race([new Promise<void>((resolve) => this.drained.push(resolve)), sleep(this.options.clock, stopGraceMs, grace.signal).catch(() => {})]);
+      grace.abort();
+    }
+    this.app.server.closeAllConnections();
+    await closing;
   }
 
   private routes(): void {
@@ -75,7 +90,8 @@ export class Frontend {
     app.setErrorHandler((error: { statusCode?: number; message: string }, _request, reply) => {
       const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
       if (status === 500) this.options.log.error('unhandled error in a route', { error: error.message });
-      const { body } = httpFailure(status, status === 500 ? 'internal error' : error.message);
+      const message = status === 500 ? 'internal error' : status === 415 ? `${error.message}: send the body as application/json` : error.message;
+      const { body } = httpFailure(status, message);
       void reply.status(status).send(body);
     });
     // The API takes JSON only; without this, Fastify's default text/plain parser hands zod a string.
@@ -150,6 +166,7 @@ export class Frontend {
     } finally {
       reply.raw.off('close', onClose);
       this.inFlight.delete(controller);
+      if (this.inFlight.size === 0) for (const resolve of this.drained.splice(0)) resolve();
     }
   }
 
