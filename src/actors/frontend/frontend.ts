@@ -210,6 +210,7 @@ export class Frontend {
         ignore_eos: body.ignore_eos ?? false,
       },
       stops: body.stop == null ? [] : [body.stop].flat(),
+      deadlines: body.deadlines ?? undefined,
       decode,
       prefill: this.router.prefillCandidates(),
     };

@@ -2,7 +2,7 @@ import type { WorkerRecord } from '../../discovery/discovery.js';
 import type { Engine } from '../../engine/engine.js';
 import { ErrorCode, TandemError } from '../../errors.js';
 import { decode, encode } from '../../protocol/codec.js';
-import type { WireSampling } from '../../protocol/messages.js';
+import type { MessageOf, WireSampling } from '../../protocol/messages.js';
 import { subjects } from '../../protocol/subjects.js';
 import type { Transport } from '../../transport/transport.js';
 import { StopMatcher } from './stop-matcher.js';
@@ -14,6 +14,8 @@ export interface GenerationPlan {
   promptTokens: number[];
   sampling: WireSampling;
   stops: string[];
+  /** Per-state deadline overrides, in wire form. */
+  deadlines?: MessageOf<'generate'>['deadlines'];
   decode: WorkerRecord;
   prefill: WorkerRecord[];
 }
@@ -37,6 +39,7 @@ export async function* generate(
     prompt_tokens: plan.promptTokens,
     sampling: plan.sampling,
     prefill_candidates: plan.prefill.map((worker) => ({ instance_id: worker.instanceId, subject_prefix: worker.subjectPrefix })),
+    ...(plan.deadlines ? { deadlines: plan.deadlines } : {}),
   });
   const stream = deps.transport.stream(subjects.generate(plan.decode.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal });
   const detokenizer = deps.engine.createDetokenizer();

@@ -4,6 +4,9 @@ import type { Limits } from '../../limits.js';
 // Request bodies of the OpenAI-compatible API. Unknown fields are ignored, as OpenAI clients
 // send more than tandem uses; known fields of the wrong type or out of range are refused.
 
+/** A per-state deadline: at least 1 ms, at most an hour. */
+const deadlineMs = z.number().int().min(1).max(3_600_000).optional();
+
 function shared(limits: Limits) {
   return {
     model: z.string().min(1).max(256),
@@ -18,6 +21,18 @@ function shared(limits: Limits) {
     /** Keep generating past EOS, up to max_tokens (benchmarks). */
     ignore_eos: z.boolean().nullish(),
     logprobs: z.union([z.null(), z.literal(false)], { message: 'logprobs are not supported' }).optional(),
+    /** Per-state deadlines of this request (an extension), overriding the deployment's. */
+    deadlines: z
+      .strictObject({
+        bootstrap_ms: deadlineMs,
+        allocation_ms: deadlineMs,
+        prefill_ms: deadlineMs,
+        transfer_ms: deadlineMs,
+        polling_ms: deadlineMs,
+        cleanup_ms: deadlineMs,
+        decode_ms: deadlineMs,
+      })
+      .nullish(),
   };
 }
 
