@@ -5,13 +5,18 @@ import { waitForIdle } from './helpers/cluster-idle.js';
 // Per-request deadlines (the `deadlines` extension of the request body) override the
 // deployment's, and a request that outlives one fails with a clear error and gives everything back.
 
-async function complete(cluster: Cluster, body: Record<string, unknown>): Promise<{ status: number; json: Record<string, any> }> {
+interface Reply {
+  error: { code: string; message: string; param: string | null };
+  usage: { completion_tokens: number };
+}
+
+async function complete(cluster: Cluster, body: Record<string, unknown>): Promise<{ status: number; json: Reply }> {
   const response = await fetch(`${cluster.url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: 'tandem-sim', prompt: 'deadline test prompt', ...body }),
   });
-  return { status: response.status, json: (await response.json()) as Record<string, any> };
+  return { status: response.status, json: (await response.json()) as Reply };
 }
 
 describe('per-request deadlines', () => {
