@@ -8,7 +8,7 @@ import type { Deadlines, Limits } from '../limits.js';
 import type { Logger } from '../log.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
-import type { Clock } from '../time/clock.js';
+import { sleep, type Clock } from '../time/clock.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { DecodeBatcher } from './decode-batcher.js';
 import { DecodeRequest, disaggregatedLogic, localLogic, type DecodeRequestDeps, type RequestLogic } from './decode-request.js';
@@ -100,6 +100,7 @@ export class DecodeWorker {
     this.subscriptions.push(
       transport.subscribe(subjects.generate(this.subjectPrefix), (message) => this.onGenerate(message)),
       transport.subscribe(subjects.events(this.subjectPrefix), (message) => this.onEvent(message)),
+      transport.subscribe(subjects.stats(this.subjectPrefix), (message) => this.onStats(message)),
     );
     this.accepting = true;
     await this.options.discovery.register({
@@ -122,6 +123,19 @@ export class DecodeWorker {
   }
 
   /** Stops taking work, cancels what is in flight, and leaves discovery. */
+  /**
+   * Graceful shutdown: leaves discovery so no new work is routed here, refuses new work, lets
+   * what is in flight finish for up to `timeoutMs`, then stops.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.accepting = false;
+    await this.options.discovery.deregister(this.options.instanceId);
+    const deadlineAtMs = this.options.clock.now() + timeoutMs;
+    while (this.requests.size > 0 && this.options.clock.now() < deadlineAtMs) await sleep(this.options.clock, 20);
+    this.options.log.info('drained', { worker: this.options.instanceId, leftInFlight: this.requests.size });
+    await this.stop();
+  }
+
   async stop(): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);
@@ -130,6 +144,11 @@ export class DecodeWorker {
     this.batcher.stop();
     this.unwatchPeers?.();
     this.fence.stop();
+  }
+
+  private onStats(message: InboundMessage): void {
+    if (!message.expectsReply) return;
+    message.respond(encode('stats_reply', { instance_id: this.options.instanceId, role: 'decode', stats: { ...this.stats() } }));
   }
 
   stats(): DecodeWorkerStats {

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
 import type { Random } from '../random/random.js';
-import type { Clock } from '../time/clock.js';
+import { sleep, type Clock } from '../time/clock.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { FabricLinks } from './fabric-links.js';
 import { PrefillRoom, roomLogic, type RoomDeps } from './prefill-room.js';
@@ -75,6 +75,7 @@ export class PrefillWorker {
       transport.subscribe(subjects.bootstrap(this.subjectPrefix), (m) => this.guard(m, () => this.onBootstrap(m))),
       transport.subscribe(subjects.prefill(this.subjectPrefix), (m) => this.guard(m, () => this.onPrefill(m))),
       transport.subscribe(subjects.release(this.subjectPrefix), (m) => this.guard(m, () => this.onRelease(m))),
+      transport.subscribe(subjects.stats(this.subjectPrefix), (m) => this.onStats(m)),
     );
     this.accepting = true;
     await this.options.discovery.register({
@@ -88,12 +89,30 @@ export class PrefillWorker {
   }
 
   /** Stops granting rooms, leaves discovery, and tears down fabric connections. */
+  /**
+   * Graceful shutdown: leaves discovery so no new work is routed here, refuses new work, lets
+   * what is in flight finish for up to `timeoutMs`, then stops.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.accepting = false;
+    await this.options.discovery.deregister(this.options.instanceId);
+    const deadlineAtMs = this.options.clock.now() + timeoutMs;
+    while (this.rooms.size > 0 && this.options.clock.now() < deadlineAtMs) await sleep(this.options.clock, 20);
+    this.options.log.info('drained', { worker: this.options.instanceId, leftInFlight: this.rooms.size });
+    await this.stop();
+  }
+
   async stop(): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     for (const room of [...this.rooms.values()]) room.stop();
     this.links.closeAll();
+  }
+
+  private onStats(message: InboundMessage): void {
+    if (!message.expectsReply) return;
+    message.respond(encode('stats_reply', { instance_id: this.options.instanceId, role: 'prefill', stats: { ...this.stats() } }));
   }
 
   stats(): PrefillWorkerStats {

@@ -97,6 +97,10 @@ export const messageSchemas = {
   release_request: z.strictObject({ ...roomFields, outcome: z.enum(['confirmed', 'aborted']) }),
   /** prefill → decode (reply): the room is freed and no write of it is in flight. */
   release_ack: z.strictObject({ ...roomFields }),
+  /** anyone → worker (request): report your counters. */
+  stats_request: z.strictObject({}),
+  /** worker → anyone (reply): a worker's counters, as its stats() returns them. */
+  stats_reply: z.strictObject({ instance_id: id, role: z.enum(['prefill', 'decode']), stats: z.record(z.string(), z.unknown()) }),
 } as const;
 
 export type MessageType = keyof typeof messageSchemas;

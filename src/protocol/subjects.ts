@@ -17,4 +17,6 @@ export const subjects = {
   prefill: (prefix: string) => `${prefix}.prefill`,
   /** prefill worker: confirm or abort a room. */
   release: (prefix: string) => `${prefix}.release`,
+  /** any worker: its counters, on request. */
+  stats: (prefix: string) => `${prefix}.stats`,
 } as const;

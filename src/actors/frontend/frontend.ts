@@ -8,6 +8,8 @@ import type { Logger } from '../../log.js';
 import type { Random } from '../../random/random.js';
 import { sleep, type Clock } from '../../time/clock.js';
 import type { Transport } from '../../transport/transport.js';
+import { decode, encode } from '../../protocol/codec.js';
+import { subjects } from '../../protocol/subjects.js';
 import { Router } from '../router.js';
 import { generate, type GenerationEvent, type GenerationPlan } from './generation.js';
 import { httpError, httpFailure } from './http-error.js';
@@ -33,6 +35,9 @@ export interface FrontendOptions {
 
 /** How long stop() lets cancelled requests send their error before it closes every connection. */
 const stopGraceMs = 1000;
+
+/** How long GET /cluster waits for each worker's counters. */
+const clusterStatsTimeoutMs = 1000;
 
 /** Default `max_tokens` of /v1/completions when the client gives none, as OpenAI's API does. */
 const completionMaxTokensDefault = 16;
@@ -113,6 +118,7 @@ export class Frontend {
       workers: { prefill: this.router.workers('prefill').length, decode: this.router.workers('decode').length },
       in_flight: this.inFlight.size,
     }));
+    app.get('/cluster', async () => ({ model: this.options.engine.model.name, in_flight: this.inFlight.size, workers: await this.clusterView() }));
     app.get('/v1/models', async () => ({
       object: 'list',
       data: [{ id: this.options.engine.model.name, object: 'model', created: 0, owned_by: 'tandem' }],
@@ -121,6 +127,25 @@ export class Frontend {
     const chat = chatSchema(this.options.limits);
     app.post('/v1/completions', (request, reply) => this.serve('completion', request, reply, () => this.parse(completion, request.body)));
     app.post('/v1/chat/completions', (request, reply) => this.serve('chat', request, reply, () => this.parse(chat, request.body)));
+  }
+
+  /** Every registered worker with its counters, asked over the transport (a silent worker shows its error). */
+  private async clusterView(): Promise<unknown[]> {
+    const records = [...this.router.workers('prefill'), ...this.router.workers('decode')];
+    return Promise.all(
+      records.map(async (record) => {
+        const base = { instance_id: record.instanceId, role: record.role, model: record.model, epoch: record.epoch };
+        try {
+          const reply = decode(
+            await this.options.transport.request(subjects.stats(record.subjectPrefix), encode('stats_request', {}), { timeoutMs: clusterStatsTimeoutMs }),
+            'stats_reply',
+          );
+          return { ...base, stats: reply.stats };
+        } catch (error) {
+          return { ...base, error: TandemError.from(error).toWire() };
+        }
+      }),
+    );
   }
 
   private parse<T>(schema: { safeParse(value: unknown): { success: true; data: T } | { success: false; error: { issues: Array<{ path: PropertyKey[]; message: string }> } } }, body: unknown): T {
