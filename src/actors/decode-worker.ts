@@ -8,7 +8,7 @@ import type { Deadlines, Limits } from '../limits.js';
 import type { Logger } from '../log.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
-import { sleep, type Clock } from '../time/clock.js';
+import { waitUntil, type Clock } from '../time/clock.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { DecodeBatcher } from './decode-batcher.js';
 import { DecodeRequest, disaggregatedLogic, localLogic, type DecodeRequestDeps, type RequestLogic } from './decode-request.js';
@@ -122,7 +122,6 @@ export class DecodeWorker {
     });
   }
 
-  /** Stops taking work, cancels what is in flight, and leaves discovery. */
   /**
    * Graceful shutdown: leaves discovery so no new work is routed here, refuses new work, lets
    * what is in flight finish for up to `timeoutMs`, then stops.
@@ -130,12 +129,12 @@ export class DecodeWorker {
   async drain(timeoutMs: number): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);
-    const deadlineAtMs = this.options.clock.now() + timeoutMs;
-    while (this.requests.size > 0 && this.options.clock.now() < deadlineAtMs) await sleep(this.options.clock, 20);
+    await waitUntil(this.options.clock, () => this.requests.size === 0, timeoutMs);
     this.options.log.info('drained', { worker: this.options.instanceId, leftInFlight: this.requests.size });
     await this.stop();
   }
 
+  /** Stops taking work, cancels what is in flight, and leaves discovery. */
   async stop(): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
 import type { Random } from '../random/random.js';
-import { sleep, type Clock } from '../time/clock.js';
+import { waitUntil, type Clock } from '../time/clock.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { FabricLinks } from './fabric-links.js';
 import { PrefillRoom, roomLogic, type RoomDeps } from './prefill-room.js';
@@ -88,7 +88,6 @@ export class PrefillWorker {
     log.info('prefill worker started', { worker: this.options.instanceId, epoch: this.options.epoch, subjects: this.subjectPrefix, roomsMax: this.options.limits.roomsMax });
   }
 
-  /** Stops granting rooms, leaves discovery, and tears down fabric connections. */
   /**
    * Graceful shutdown: leaves discovery so no new work is routed here, refuses new work, lets
    * what is in flight finish for up to `timeoutMs`, then stops.
@@ -96,12 +95,12 @@ export class PrefillWorker {
   async drain(timeoutMs: number): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);
-    const deadlineAtMs = this.options.clock.now() + timeoutMs;
-    while (this.rooms.size > 0 && this.options.clock.now() < deadlineAtMs) await sleep(this.options.clock, 20);
+    await waitUntil(this.options.clock, () => this.rooms.size === 0, timeoutMs);
     this.options.log.info('drained', { worker: this.options.instanceId, leftInFlight: this.rooms.size });
     await this.stop();
   }
 
+  /** Stops granting rooms, leaves discovery, and tears down fabric connections. */
   async stop(): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);

@@ -33,3 +33,10 @@ export function sleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<v
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/** Polls `done` every `intervalMs` on `clock` until it holds or `timeoutMs` passes; resolves with its last value. */
+export async function waitUntil(clock: Clock, done: () => boolean, timeoutMs: number, intervalMs = 20): Promise<boolean> {
+  const deadlineAtMs = clock.now() + timeoutMs;
+  while (!done() && clock.now() < deadlineAtMs) await sleep(clock, intervalMs);
+  return done();
+}
