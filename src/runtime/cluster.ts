@@ -2,16 +2,14 @@
 import { DecodeWorker, type DecodeWorkerStats } from '../actors/decode-worker.js';
 import { Frontend } from '../actors/frontend/frontend.js';
 import { PrefillWorker, type PrefillWorkerStats } from '../actors/prefill-worker.js';
-import { MemoryDiscovery } from '../discovery/memory/memory-discovery.js';
 import { SimEngine } from '../engine/sim/sim-engine.js';
 import type { SimEngineOptions } from '../engine/sim/sim-options.js';
-import { SimFabricNetwork } from '../fabric/sim/sim-fabric.js';
 import { defaultDeadlines, defaultLimits, type Deadlines, type Limits } from '../limits.js';
 import { consoleLogger, type Logger, type LogLevel } from '../log.js';
 import { seededRandom } from '../random/random.js';
 import type { Clock } from '../time/clock.js';
 import { realClock, realSeed } from '../time/real-clock.js';
-import { MemoryTransport } from '../transport/memory/memory-transport.js';
+import { memoryBackends, type BackendsFactory } from './backends.js';
 
 /** Options of the sim engine each worker runs (the clock is the cluster's). */
 export type SimEngineConfig = Omit<SimEngineOptions, 'clock'>;
@@ -50,19 +48,28 @@ export interface ClusterConfig {
   log?: Logger;
   /** The clock; default the real one. */
   clock?: Clock;
+  /** Start the HTTP frontend; default true. */
+  frontend?: boolean;
+  /** Incarnation number of this process's workers; default 1. */
+  epoch?: number;
+  /** Where transport, discovery and fabrics come from; default in-process (memory, sim fabric). */
+  backends?: BackendsFactory;
 }
 
 /** A running embedded cluster. */
 export interface Cluster {
   /** Base URL of the OpenAI-compatible API. */
   readonly url: string;
-  readonly frontend: Frontend;
+  /** The HTTP frontend, unless the config turned it off. */
+  readonly frontend: Frontend | undefined;
   readonly prefill: readonly PrefillWorker[];
   readonly decode: readonly DecodeWorker[];
   /** Counters of every worker. */
   stats(): { prefill: PrefillWorkerStats[]; decode: DecodeWorkerStats[]; inFlight: number };
-  /** Stops the frontend and every worker. */
+  /** Stops the frontend and every worker at once, cancelling what is in flight. */
   close(): Promise<void>;
+  /** Graceful shutdown: stop taking work, let what is in flight finish for up to `timeoutMs`, leave discovery, stop. */
+  drain(timeoutMs: number): Promise<void>;
 }
 
 /**
@@ -82,81 +89,88 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
   const pageBytes = config.pageBytes ?? 16 * 1024;
   const pageCount = config.pageCount ?? 4096;
 
-  const transport = new MemoryTransport({ clock, streamBufferMax: limits.streamBufferMax, onHandlerError: (error, subject) => log.error('a message handler threw', { subject, error: String(error) }) });
-  const discovery = new MemoryDiscovery({ clock });
-  const network = new SimFabricNetwork({ clock, latencyMs: config.fabric?.latencyMs, bytesPerMs: config.fabric?.bytesPerMs });
+  const backends = await (config.backends ?? memoryBackends)({ config, clock, log, limits });
+  const { transport, discovery } = backends;
   const engine = (): SimEngine => new SimEngine({ ...config.engine, clock });
-  const fabrics: Array<{ close(): Promise<void> }> = [];
-  const attach = (name: string) => {
-    const fabric = network.attach(name);
-    fabrics.push(fabric);
-    return fabric;
-  };
+  const epoch = config.epoch ?? 1;
   const ids = random.split('instance-ids');
 
-  const prefill = Array.from({ length: prefillCount }, (_, i) => {
+  const prefill: PrefillWorker[] = [];
+  for (let i = 0; i < prefillCount; i++) {
     const instanceId = `prefill-${i}-${ids.id(6)}`;
-    return new PrefillWorker({
-      instanceId,
-      epoch: 1,
-      transport,
-      discovery,
-      fabric: attach(instanceId),
-      engine: engine(),
-      clock,
-      random: random.split(instanceId),
-      log: log.child({ worker: instanceId }),
-      limits,
-      deadlines,
-    });
-  });
-  const decode = Array.from({ length: decodeCount }, (_, i) => {
+    prefill.push(
+      new PrefillWorker({
+        instanceId,
+        epoch,
+        transport,
+        discovery,
+        fabric: await backends.fabric(instanceId),
+        engine: engine(),
+        clock,
+        random: random.split(instanceId),
+        log: log.child({ worker: instanceId }),
+        limits,
+        deadlines,
+      }),
+    );
+  }
+  const decode: DecodeWorker[] = [];
+  for (let i = 0; i < decodeCount; i++) {
     const instanceId = `decode-${i}-${ids.id(6)}`;
-    return new DecodeWorker({
-      instanceId,
-      epoch: 1,
-      transport,
-      discovery,
-      fabric: attach(instanceId),
-      engine: engine(),
-      clock,
-      log: log.child({ worker: instanceId }),
-      pageBytes,
-      pageCount,
-      limits,
-      deadlines,
-      prefillLocally: mode === 'aggregated',
-    });
-  });
-  const frontend = new Frontend({
-    transport,
-    discovery,
-    engine: engine(),
-    clock,
-    random: random.split('frontend'),
-    log: log.child({ actor: 'frontend' }),
-    limits,
-    host: config.host ?? '127.0.0.1',
-    port: config.port ?? 8080,
-    streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
-  });
+    decode.push(
+      new DecodeWorker({
+        instanceId,
+        epoch,
+        transport,
+        discovery,
+        fabric: await backends.fabric(instanceId),
+        engine: engine(),
+        clock,
+        log: log.child({ worker: instanceId }),
+        pageBytes,
+        pageCount,
+        limits,
+        deadlines,
+        prefillLocally: mode === 'aggregated',
+      }),
+    );
+  }
+  const frontend =
+    config.frontend === false
+      ? undefined
+      : new Frontend({
+          transport,
+          discovery,
+          engine: engine(),
+          clock,
+          random: random.split('frontend'),
+          log: log.child({ actor: 'frontend' }),
+          limits,
+          host: config.host ?? '127.0.0.1',
+          port: config.port ?? 8080,
+          streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
+        });
 
   for (const worker of [...prefill, ...decode]) await worker.start();
-  await frontend.start();
-  log.info('cluster ready', { mode, prefill: prefill.length, decode: decode.length, seed, url: frontend.url });
+  await frontend?.start();
+  log.info('ready', { mode, frontend: frontend?.url ?? 'none', prefill: prefill.length, decode: decode.length, transport: backends.name, seed });
 
+  const shutdown = async (drainMs: number | undefined): Promise<void> => {
+    if (drainMs === undefined) await frontend?.stop();
+    else await frontend?.drain(drainMs);
+    for (const worker of [...decode, ...prefill]) {
+      if (drainMs === undefined) await worker.stop();
+      else await worker.drain(drainMs);
+    }
+    await backends.close();
+  };
   return {
-    url: frontend.url,
+    url: frontend?.url ?? '',
     frontend,
     prefill,
     decode,
-    stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend.inFlightRequests }),
-    async close() {
-      await frontend.stop();
-      for (const worker of [...decode, ...prefill]) await worker.stop();
-      for (const fabric of fabrics) await fabric.close();
-      await transport.close();
-      await discovery.close();
-    },
+    stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend?.inFlightRequests ?? 0 }),
+    close: () => shutdown(undefined),
+    drain: (timeoutMs) => shutdown(timeoutMs),
   };
 }

@@ -6,7 +6,7 @@ import { ErrorCode, TandemError } from '../../errors.js';
 import type { Limits } from '../../limits.js';
 import type { Logger } from '../../log.js';
 import type { Random } from '../../random/random.js';
-import { sleep, type Clock } from '../../time/clock.js';
+import { sleep, waitUntil, type Clock } from '../../time/clock.js';
 import type { Transport } from '../../transport/transport.js';
 import { decode, encode } from '../../protocol/codec.js';
 import { subjects } from '../../protocol/subjects.js';
@@ -72,6 +72,12 @@ export class Frontend {
   async start(): Promise<void> {
     this.address = await this.app.listen({ host: this.options.host, port: this.options.port });
     this.options.log.info('frontend listening', { url: this.address, model: this.options.engine.model.name, routes: '/v1/completions /v1/chat/completions /v1/models /health' });
+  }
+
+  /** Graceful shutdown: lets requests in flight finish for up to `timeoutMs`, then stops. */
+  async drain(timeoutMs: number): Promise<void> {
+    await waitUntil(this.options.clock, () => this.inFlight.size === 0, timeoutMs);
+    await this.stop();
   }
 
   /** Stops listening and cancels requests in flight. */
