@@ -33,7 +33,7 @@ export type Limits = { -readonly [K in keyof typeof defaultLimits]: number };
 export const defaultDeadlines = {
   bootstrapMs: 2_000,
   allocationMs: 5_000,
-  prefillMs: 30_000,
+  prefillMs: 5_000,
   transferMs: 30_000,
   pollingMs: 30_000,
   cleanupMs: 2_000,

@@ -2,7 +2,9 @@ import { describe, expect, it } from 'vitest';
 import type { DiscoveryEvent, WorkerRecord } from '../src/discovery/discovery.js';
 import { MemoryDiscovery } from '../src/discovery/memory/memory-discovery.js';
 import { ErrorCode } from '../src/errors.js';
+import { realClock } from '../src/time/real-clock.js';
 import { VirtualClock } from '../src/time/virtual-clock.js';
+import { discoveryConformance } from './discovery-conformance.js';
 
 function worker(instanceId: string, role: WorkerRecord['role'], epoch = 1): WorkerRecord {
   return { instanceId, role, model: 'tiny', epoch, subjectPrefix: `tandem.${role}.${instanceId}` };
@@ -124,4 +126,14 @@ describe('MemoryDiscovery', () => {
     expect(discovery.stats().watcherCount).toBe(0);
     await discovery.close();
   });
+});
+
+discoveryConformance('MemoryDiscovery', async () => {
+  const discovery = new MemoryDiscovery({ clock: realClock });
+  return {
+    discovery,
+    observer: discovery,
+    settle: () => new Promise((resolve) => setImmediate(resolve)),
+    cleanup: () => discovery.close(),
+  };
 });

@@ -12,7 +12,7 @@ import {
 import { VirtualClock } from '../src/time/virtual-clock.js';
 import { deferred, flush, type Deferred } from './helpers/deferred.js';
 
-type ActorName = 'bootstrap' | 'allocate' | 'startPrefill' | 'awaitKv' | 'confirmRelease' | 'decode';
+type ActorName = 'bootstrap' | 'allocate' | 'startPrefill' | 'awaitCompletion' | 'awaitKv' | 'confirmRelease' | 'decode';
 
 interface Call {
   input: Record<string, unknown>;
@@ -31,7 +31,7 @@ const grant: RoomGrant = { prefillId: 'p1', subjectPrefix: 'tandem.prefill.p1', 
 /** Runs the request machine on a virtual clock with every effect controlled by the test. */
 function harness(overrides: Partial<RequestMachineInput> = {}) {
   const clock = new VirtualClock();
-  const calls: Record<ActorName, Call[]> = { bootstrap: [], allocate: [], startPrefill: [], awaitKv: [], confirmRelease: [], decode: [] };
+  const calls: Record<ActorName, Call[]> = { bootstrap: [], allocate: [], startPrefill: [], awaitCompletion: [], awaitKv: [], confirmRelease: [], decode: [] };
   const released: RequestContext[] = [];
   const firstTokens: number[] = [];
   const controlled = (name: ActorName) =>
@@ -45,6 +45,7 @@ function harness(overrides: Partial<RequestMachineInput> = {}) {
       bootstrap: controlled('bootstrap') as never,
       allocate: controlled('allocate') as never,
       startPrefill: controlled('startPrefill') as never,
+      awaitCompletion: controlled('awaitCompletion') as never,
       awaitKv: controlled('awaitKv') as never,
       confirmRelease: controlled('confirmRelease') as never,
       decode: controlled('decode') as never,
@@ -240,6 +241,25 @@ describe('request machine', () => {
     await h.succeed('startPrefill', undefined);
     expect(h.state()).toBe('polling');
     expect(h.path).toEqual(['bootstrap', 'allocation', 'prefill', 'transfer', 'polling']);
+  });
+
+  it('moves on to polling when the final write lands although the transfer notice was lost', async () => {
+    const h = harness();
+    await h.runTo('transfer');
+    await h.succeed('awaitCompletion', undefined);
+    expect(h.state()).toBe('polling');
+    await h.succeed('awaitKv', { firstToken: 3 });
+    expect(h.state()).toBe('cleanup');
+  });
+
+  it('keeps waiting for the notice when watching for the completion fails', async () => {
+    const h = harness();
+    await h.runTo('transfer');
+    await h.fail('awaitCompletion', new Error('region closed'));
+    expect(h.state()).toBe('transfer');
+    h.actor.send({ type: 'TRANSFER_POSTED' });
+    await flush();
+    expect(h.state()).toBe('polling');
   });
 
   it('fails with deadline_exceeded when the transfer is never posted', async () => {

@@ -96,6 +96,7 @@ export class DecodeRequest {
   private createDisaggregatedActor(): AnyActorRef {
     return createActor(this.deps.machines.disaggregated, {
       clock: this.deps.clock,
+      inspect: this.deps.inspect,
       input: {
         requestId: this.body.request_id,
         candidates: this.body.prefill_candidates.map((c) => ({ instanceId: c.instance_id, subjectPrefix: c.subject_prefix })),
@@ -106,7 +107,7 @@ export class DecodeRequest {
   }
 
   private createLocalActor(): AnyActorRef {
-    return createActor(this.deps.machines.local, { clock: this.deps.clock, input: { requestId: this.requestId, deadlines: this.deadlines } });
+    return createActor(this.deps.machines.local, { clock: this.deps.clock, inspect: this.deps.inspect, input: { requestId: this.requestId, deadlines: this.deadlines } });
   }
 
   /** Returns every page and room the request holds, fencing pages whose transfer may still write. */
@@ -206,6 +207,22 @@ export class DecodeRequest {
       'error',
     );
     if (reply.t === 'error') throw wireToError(reply.error);
+  }
+
+  /** Resolves when the room's final write has landed in this worker's region. */
+  awaitCompletion(grant: RoomGrant, signal: AbortSignal): Promise<void> {
+    const owner = this.ownerOf(grant);
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        unsubscribe();
+        reject(signal.reason);
+      };
+      const unsubscribe = this.deps.region.onCompletion(owner, () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
   }
 
   awaitKv(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<{ firstToken: number }> {
@@ -322,6 +339,7 @@ export function disaggregatedLogic(requestOf: (requestId: string) => DecodeReque
       bootstrap: fromPromise(async ({ input, signal }) => requestOf(input.requestId).bootstrap(input.candidate, input.timeoutMs, signal)),
       allocate: fromPromise(async ({ input, signal }) => requestOf(input.requestId).allocate(input.grant, signal)),
       startPrefill: fromPromise(async ({ input, signal }) => requestOf(input.requestId).startPrefill(input.grant, input.pages, signal)),
+      awaitCompletion: fromPromise(async ({ input, signal }) => requestOf(input.requestId).awaitCompletion(input.grant, signal)),
       awaitKv: fromPromise(async ({ input, signal }) => requestOf(input.requestId).awaitKv(input.grant, input.pages, signal)),
       confirmRelease: fromPromise(async ({ input, signal }) => requestOf(input.requestId).confirmRelease(input.grant, signal)),
       decode: fromPromise(async ({ input, signal }) => requestOf(input.requestId).decode(input.firstToken, signal)),

@@ -1,3 +1,4 @@
+import type { InspectionEvent } from 'xstate';
 import type { Discovery } from '../discovery/discovery.js';
 import type { Engine } from '../engine/engine.js';
 import { ErrorCode, TandemError } from '../errors.js';
@@ -34,6 +35,8 @@ export interface DecodeWorkerOptions {
   deadlines: Deadlines;
   /** Prefill the prompt here instead of on a prefill worker (aggregated serving). */
   prefillLocally: boolean;
+  /** Observes every request machine of this worker (xstate inspection), for simulators and visualizers. */
+  inspect?: (event: InspectionEvent) => void;
 }
 
 /** Counters and gauges of a decode worker. */
@@ -71,6 +74,7 @@ export class DecodeWorker {
   private readonly machines: RequestLogic;
   private deps: DecodeRequestDeps | undefined;
   private unwatchPeers: (() => void) | undefined;
+  private unwatchDiscovery: (() => void) | undefined;
   private accepting = false;
 
   constructor(private readonly options: DecodeWorkerOptions) {
@@ -96,7 +100,15 @@ export class DecodeWorker {
     this.pool = new PagePool({ pageCount, ownership: this.region, waitersMax: limits.allocationWaitersMax });
     this.fence.attach(this.pool);
     // A prefill worker whose fabric connection is gone can no longer write: its fenced pages are safe to reuse.
-    this.unwatchPeers = fabric.onPeerClosed((writer) => this.fence.writerGone(writer));
+    this.unwatchPeers = fabric.onPeerClosed((writer) => {
+      this.fence.writerGone(writer);
+      this.prefillGone(writer.instanceId, 'closed its fabric connection');
+    });
+    // A prefill worker that leaves discovery (deregistered, or its heartbeat went stale) will not
+    // finish its rooms: fail the requests waiting on them now, not at their deadlines.
+    this.unwatchDiscovery = this.options.discovery.watch((event) => {
+      if (event.type === 'removed' && event.record.role === 'prefill') this.prefillGone(event.record.instanceId, 'left discovery');
+    });
     this.subscriptions.push(
       transport.subscribe(subjects.generate(this.subjectPrefix), (message) => this.onGenerate(message)),
       transport.subscribe(subjects.events(this.subjectPrefix), (message) => this.onEvent(message)),
@@ -142,6 +154,7 @@ export class DecodeWorker {
     for (const request of [...this.requests.values()]) request.cancel();
     this.batcher.stop();
     this.unwatchPeers?.();
+    this.unwatchDiscovery?.();
     this.fence.stop();
   }
 
@@ -219,6 +232,15 @@ export class DecodeWorker {
         this.counters[status]++;
       },
     };
+  }
+
+  /** Fails every request still waiting on a room of prefill worker `instanceId`. */
+  private prefillGone(instanceId: string, why: string): void {
+    const prefix = `${instanceId}/`;
+    for (const [owner, request] of this.rooms) {
+      if (!owner.startsWith(prefix)) continue;
+      request.send({ type: 'PREFILL_FAILED', error: { code: ErrorCode.PrefillFailed, message: `prefill worker ${instanceId} ${why}` } });
+    }
   }
 
   private onEvent(message: InboundMessage): void {

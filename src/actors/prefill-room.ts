@@ -75,6 +75,7 @@ export class PrefillRoom {
     const { deadlines } = deps;
     this.actor = createActor(deps.machine, {
       clock: deps.clock,
+      inspect: deps.inspect,
       input: {
         requestId: identity.requestId,
         prefillId: deps.instanceId,

@@ -1,3 +1,4 @@
+import type { InspectionEvent } from 'xstate';
 import type { Discovery } from '../discovery/discovery.js';
 import type { Engine } from '../engine/engine.js';
 import { ErrorCode, TandemError } from '../errors.js';
@@ -26,6 +27,8 @@ export interface PrefillWorkerOptions {
   log: Logger;
   limits: Limits;
   deadlines: Deadlines;
+  /** Observes every room machine of this worker (xstate inspection), for simulators and visualizers. */
+  inspect?: (event: InspectionEvent) => void;
 }
 
 export interface PrefillWorkerStats {

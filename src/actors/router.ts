@@ -23,6 +23,11 @@ export class Router {
     return this.rotate('decode')[0];
   }
 
+  /** Every decode worker, starting with the next one in turn. */
+  decodeCandidates(): WorkerRecord[] {
+    return this.rotate('decode');
+  }
+
   /** Every prefill worker, starting with the next one in turn. */
   prefillCandidates(): WorkerRecord[] {
     return this.rotate('prefill');

@@ -1,6 +1,11 @@
+import { hostname } from 'node:os';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { createCluster } from '../runtime/cluster.js';
+import type { Deadlines } from '../limits.js';
 import { logLevels, type LogLevel } from '../log.js';
+import { memoryBackends, type BackendsFactory } from '../runtime/backends.js';
+import { createCluster, type Cluster, type ClusterConfig } from '../runtime/cluster.js';
+import { natsBackends, type NatsSettings } from '../runtime/nats-backends.js';
+import { realClock, realSeed } from '../time/real-clock.js';
 
 function integer(min: number) {
   return (value: string): number => {
@@ -17,45 +22,224 @@ function nonNegative(value: string): number {
   return parsed;
 }
 
+/** Options every command shares: the model, the engine, KV pages, seed, logging, shutdown. */
+function withCommonOptions(command: Command): Command {
+  return command
+    .addOption(new Option('--model-name <name>', 'name clients use in the model field').default('tandem-sim').env('TANDEM_MODEL_NAME'))
+    .addOption(new Option('--speedup <x>', "divide the sim engine's step times by x ('inf' for zero time)").default(1).argParser(nonNegative).env('TANDEM_SPEEDUP'))
+    .addOption(new Option('--kv-bytes-per-token <n>', 'KV bytes per token of the sim model').default(64).argParser(integer(1)))
+    .addOption(new Option('--eos-every <n>', 'sim engine ends a sequence with EOS about once per n steps').argParser(integer(1)))
+    .addOption(new Option('--page-bytes <n>', 'bytes per KV page').default(16 * 1024).argParser(integer(64)))
+    .addOption(new Option('--pages <n>', 'KV pages per decode worker').default(4096).argParser(integer(1)))
+    .addOption(new Option('--seed <n>', 'seed of ids, rooms and default sampling seeds').argParser(integer(0)))
+    .addOption(new Option('--log-level <level>', 'log level').choices([...logLevels]).default('info').env('TANDEM_LOG_LEVEL'))
+    .addOption(new Option('--drain-timeout-ms <ms>', 'on SIGTERM/SIGINT, how long requests in flight may finish').default(10_000).argParser(integer(0)))
+    .addOption(
+      new Option('--deadlines <json>', `per-state deadlines in ms, e.g. '{"transfer_ms":5000}' (states: ${deadlineStates.join(', ')})`)
+        .argParser(parseDeadlines)
+        .env('TANDEM_DEADLINES'),
+    );
+}
+
+const deadlineStates = ['bootstrap', 'allocation', 'prefill', 'transfer', 'polling', 'cleanup', 'decode'] as const;
+
+/** Parses `--deadlines`: a JSON object of `<state>_ms` keys with positive integer values. */
+function parseDeadlines(value: string): Partial<Deadlines> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new InvalidArgumentError(`expected a JSON object, got '${value}'`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new InvalidArgumentError('expected a JSON object');
+  const deadlines: Partial<Deadlines> = {};
+  for (const [key, ms] of Object.entries(parsed)) {
+    const state = deadlineStates.find((name) => `${name}_ms` === key);
+    if (!state) throw new InvalidArgumentError(`unknown deadline '${key}'; known: ${deadlineStates.map((name) => `${name}_ms`).join(', ')}`);
+    if (!Number.isInteger(ms) || (ms as number) < 1) throw new InvalidArgumentError(`${key} must be a positive integer`);
+    deadlines[`${state}Ms`] = ms as number;
+  }
+  return deadlines;
+}
+
+/** NATS connection options; `--nats` switches from the in-process transport to NATS. */
+function withNatsOptions(command: Command, required: boolean): Command {
+  const servers = new Option('--nats <urls>', 'NATS server URL(s), comma-separated').env('TANDEM_NATS_URL');
+  if (required) servers.makeOptionMandatory();
+  return command
+    .addOption(servers)
+    .addOption(new Option('--nats-token <token>', 'NATS auth token').env('TANDEM_NATS_TOKEN'))
+    .addOption(new Option('--nats-user <user>', 'NATS user').env('TANDEM_NATS_USER'))
+    .addOption(new Option('--nats-pass <pass>', 'NATS password').env('TANDEM_NATS_PASS'))
+    .addOption(new Option('--nats-creds <file>', 'NATS .creds file').env('TANDEM_NATS_CREDS'))
+    .addOption(new Option('--nats-tls-ca <file>', 'CA bundle that signs the NATS server certificate').env('TANDEM_NATS_TLS_CA'))
+    .addOption(new Option('--nats-tls-cert <file>', 'client certificate for NATS').env('TANDEM_NATS_TLS_CERT'))
+    .addOption(new Option('--nats-tls-key <file>', 'client key for NATS').env('TANDEM_NATS_TLS_KEY'))
+    .addOption(new Option('--discovery-bucket <name>', 'JetStream KV bucket of worker records').default('tandem_workers').env('TANDEM_DISCOVERY_BUCKET'))
+    .addOption(new Option('--heartbeat-ms <ms>', 'how often workers refresh their discovery record').default(1000).argParser(integer(50)));
+}
+
+/** Fabric options of processes that run workers. */
+function withFabricOptions(command: Command, defaultKind: 'tcp' | 'sim'): Command {
+  return command
+    .addOption(new Option('--fabric <kind>', 'KV fabric: tcp (across processes) or sim (in-process only)').choices(['tcp', 'sim']).default(defaultKind).env('TANDEM_FABRIC'))
+    .addOption(new Option('--fabric-host <host>', 'interface the TCP fabric listens on').default('127.0.0.1').env('TANDEM_FABRIC_HOST'))
+    .addOption(new Option('--fabric-port <port>', 'port of the TCP fabric (0 picks a free one)').default(0).argParser(integer(0)).env('TANDEM_FABRIC_PORT'))
+    .addOption(new Option('--advertise-host <host>', 'host name peers use to reach this fabric').env('TANDEM_ADVERTISE_HOST'));
+}
+
+type Options = Record<string, unknown>;
+
+function natsSettings(options: Options, name: string): NatsSettings {
+  const tls = options.natsTlsCa || options.natsTlsCert || options.natsTlsKey;
+  return {
+    servers: String(options.nats).split(',').map((url) => url.trim()).filter(Boolean),
+    name,
+    token: options.natsToken as string | undefined,
+    user: options.natsUser as string | undefined,
+    pass: options.natsPass as string | undefined,
+    credsFile: options.natsCreds as string | undefined,
+    tls: tls ? { caFile: options.natsTlsCa as string | undefined, certFile: options.natsTlsCert as string | undefined, keyFile: options.natsTlsKey as string | undefined } : undefined,
+  };
+}
+
+function backendsFor(options: Options, name: string): BackendsFactory {
+  if (!options.nats) return memoryBackends;
+  return natsBackends(
+    natsSettings(options, name),
+    {
+      kind: (options.fabric as 'tcp' | 'sim' | undefined) ?? 'sim',
+      host: options.fabricHost as string | undefined,
+      port: options.fabricPort as number | undefined,
+      advertiseHost: options.advertiseHost as string | undefined,
+    },
+    { bucket: options.discoveryBucket as string | undefined, heartbeatIntervalMs: options.heartbeatMs as number | undefined },
+  );
+}
+
+function baseConfig(options: Options): ClusterConfig {
+  return {
+    seed: (options.seed as number | undefined) ?? realSeed(),
+    pageBytes: options.pageBytes as number,
+    pageCount: options.pages as number,
+    logLevel: options.logLevel as LogLevel,
+    deadlines: options.deadlines as Partial<Deadlines> | undefined,
+    engine: {
+      modelName: options.modelName as string,
+      speedup: options.speedup as number,
+      kvBytesPerToken: options.kvBytesPerToken as number,
+      eosEvery: options.eosEvery as number | undefined,
+    },
+  };
+}
+
+/** Drains on SIGTERM or SIGINT: stop taking work, finish what is in flight, leave discovery, exit. */
+function drainOnSignals(cluster: Cluster, timeoutMs: number): void {
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) {
+      process.stderr.write(`${signal} again: exiting now\n`);
+      process.exit(1);
+    }
+    stopping = true;
+    process.stderr.write(`${signal}: draining for up to ${timeoutMs} ms\n`);
+    cluster.drain(timeoutMs).then(
+      () => process.exit(0),
+      (error: unknown) => {
+        process.stderr.write(`drain failed: ${String(error)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+}
+
+/** Incarnation number of a process: seconds since the epoch, so a restarted worker has a newer one. */
+function processEpoch(): number {
+  return Math.floor(realClock.now() / 1000);
+}
+
 const program = new Command('tandem').description('Disaggregated LLM serving: prefill and decode on separate workers, KV over a fabric.');
 
-program
-  .command('serve')
-  .description('Run a frontend, prefill and decode workers in this process (memory transport, simulated fabric, sim engine).')
-  .addOption(new Option('--host <host>', 'interface to listen on').default('127.0.0.1').env('TANDEM_HOST'))
-  .addOption(new Option('-p, --port <port>', 'HTTP port (0 picks a free one)').default(8080).argParser(integer(0)).env('TANDEM_PORT'))
-  .addOption(new Option('--prefill-workers <n>', 'prefill workers').default(1).argParser(integer(1)))
-  .addOption(new Option('--decode-workers <n>', 'decode workers').default(1).argParser(integer(1)))
-  .addOption(new Option('--mode <mode>', 'disaggregated, or aggregated (decode workers prefill locally)').choices(['disaggregated', 'aggregated']).default('disaggregated'))
-  .addOption(new Option('--model-name <name>', 'name clients use in the model field').default('tandem-sim'))
-  .addOption(new Option('--speedup <x>', "divide the sim engine's step times by x ('inf' for zero time)").default(1).argParser(nonNegative))
-  .addOption(new Option('--kv-bytes-per-token <n>', 'KV bytes per token of the sim model').default(64).argParser(integer(1)))
-  .addOption(new Option('--eos-every <n>', 'sim engine ends a sequence with EOS about once per n steps').argParser(integer(1)))
-  .addOption(new Option('--page-bytes <n>', 'bytes per KV page').default(16 * 1024).argParser(integer(64)))
-  .addOption(new Option('--pages <n>', 'KV pages per decode worker').default(4096).argParser(integer(1)))
-  .addOption(new Option('--seed <n>', 'seed of ids, rooms and default sampling seeds').argParser(integer(0)))
-  .addOption(new Option('--log-level <level>', 'log level').choices([...logLevels]).default('info').env('TANDEM_LOG_LEVEL'))
-  .action(async (options) => {
-    const cluster = await createCluster({
-      host: options.host,
-      port: options.port,
-      prefillWorkers: options.prefillWorkers,
-      decodeWorkers: options.decodeWorkers,
-      mode: options.mode,
-      seed: options.seed,
-      pageBytes: options.pageBytes,
-      pageCount: options.pages,
-      logLevel: options.logLevel as LogLevel,
-      engine: { modelName: options.modelName, speedup: options.speedup, kvBytesPerToken: options.kvBytesPerToken, eosEvery: options.eosEvery },
-    });
-    process.stderr.write(`tandem serving '${options.modelName}' at ${cluster.url}/v1 — Ctrl-C to stop\n`);
-    const shutdown = async (signal: string): Promise<void> => {
-      process.stderr.write(`${signal}: stopping\n`);
-      await cluster.close();
-      process.exit(0);
-    };
-    process.once('SIGINT', () => void shutdown('SIGINT'));
-    process.once('SIGTERM', () => void shutdown('SIGTERM'));
+withFabricOptions(
+  withNatsOptions(
+    withCommonOptions(
+      program
+        .command('serve')
+        .description('Run a frontend, prefill and decode workers in this process (in-process transport and simulated fabric, or NATS with --nats).')
+        .addOption(new Option('--host <host>', 'interface to listen on').default('127.0.0.1').env('TANDEM_HOST'))
+        .addOption(new Option('-p, --port <port>', 'HTTP port (0 picks a free one)').default(8080).argParser(integer(0)).env('TANDEM_PORT'))
+        .addOption(new Option('--prefill-workers <n>', 'prefill workers').default(1).argParser(integer(1)))
+        .addOption(new Option('--decode-workers <n>', 'decode workers').default(1).argParser(integer(1)))
+        .addOption(new Option('--mode <mode>', 'disaggregated, or aggregated (decode workers prefill locally)').choices(['disaggregated', 'aggregated']).default('disaggregated')),
+    ),
+    false,
+  ),
+  'sim',
+).action(async (options: Options) => {
+  const cluster = await createCluster({
+    ...baseConfig(options),
+    host: options.host as string,
+    port: options.port as number,
+    prefillWorkers: options.prefillWorkers as number,
+    decodeWorkers: options.decodeWorkers as number,
+    mode: options.mode as 'disaggregated' | 'aggregated',
+    epoch: processEpoch(),
+    instanceTag: options.nats ? `${hostname()}-${process.pid}` : undefined,
+    backends: backendsFor(options, `tandem-serve-${hostname()}-${process.pid}`),
   });
+  process.stderr.write(`tandem serving '${String(options.modelName)}' at ${cluster.url}/v1 — Ctrl-C to stop\n`);
+  drainOnSignals(cluster, options.drainTimeoutMs as number);
+});
+
+withNatsOptions(
+  withCommonOptions(
+    program
+      .command('frontend')
+      .description('Run the HTTP frontend; it finds workers through NATS.')
+      .addOption(new Option('--host <host>', 'interface to listen on').default('127.0.0.1').env('TANDEM_HOST'))
+      .addOption(new Option('-p, --port <port>', 'HTTP port (0 picks a free one)').default(8080).argParser(integer(0)).env('TANDEM_PORT')),
+  ),
+  true,
+).action(async (options: Options) => {
+  const cluster = await createCluster({
+    ...baseConfig(options),
+    host: options.host as string,
+    port: options.port as number,
+    prefillWorkers: 0,
+    decodeWorkers: 0,
+    backends: backendsFor(options, `tandem-frontend-${hostname()}-${process.pid}`),
+  });
+  process.stderr.write(`tandem frontend at ${cluster.url}/v1\n`);
+  drainOnSignals(cluster, options.drainTimeoutMs as number);
+});
+
+withFabricOptions(
+  withNatsOptions(
+    withCommonOptions(
+      program
+        .command('worker')
+        .description('Run one prefill or decode worker; it registers in NATS KV and moves KV over the TCP fabric.')
+        .addOption(new Option('--role <role>', 'prefill or decode').choices(['prefill', 'decode']).makeOptionMandatory().env('TANDEM_ROLE')),
+    ),
+    true,
+  ),
+  'tcp',
+).action(async (options: Options) => {
+  const role = options.role as 'prefill' | 'decode';
+  const cluster = await createCluster({
+    ...baseConfig(options),
+    frontend: false,
+    prefillWorkers: role === 'prefill' ? 1 : 0,
+    decodeWorkers: role === 'decode' ? 1 : 0,
+    epoch: processEpoch(),
+    instanceTag: `${hostname()}-${process.pid}`,
+    backends: backendsFor(options, `tandem-${role}-${hostname()}-${process.pid}`),
+  });
+  const worker = role === 'prefill' ? cluster.prefill[0] : cluster.decode[0];
+  process.stderr.write(`tandem ${role} worker ${worker?.instanceId ?? ''} running\n`);
+  drainOnSignals(cluster, options.drainTimeoutMs as number);
+});
 
 await program.parseAsync(process.argv);

@@ -108,6 +108,9 @@ export const requestMachine = setup({
     startPrefill: fromPromise<void, { requestId: string; grant: RoomGrant; pages: readonly number[] }>(async () => {
       throw new Error('startPrefill is provided by the decode worker');
     }),
+    awaitCompletion: fromPromise<void, { requestId: string; grant: RoomGrant }>(async () => {
+      throw new Error('awaitCompletion is provided by the decode worker');
+    }),
     awaitKv: fromPromise<{ firstToken: number }, { requestId: string; grant: RoomGrant; pages: readonly number[] }>(async () => {
       throw new Error('awaitKv is provided by the decode worker');
     }),
@@ -244,6 +247,15 @@ export const requestMachine = setup({
     },
     transfer: {
       always: { guard: 'transferPosted', target: 'polling' },
+      // The final write's completion also proves every write landed, should the notice be lost.
+      invoke: {
+        id: 'awaitCompletion',
+        src: 'awaitCompletion',
+        input: ({ context }) => ({ requestId: context.requestId, grant: context.grant! }),
+        onDone: { target: 'polling', actions: assign({ transferPosted: true }) },
+        // Watching is best effort: the notice and the state deadline still apply.
+        onError: { actions: [] },
+      },
       on: {
         TRANSFER_POSTED: { target: 'polling', actions: assign({ transferPosted: true }) },
         PREFILL_FAILED: { target: 'failed', actions: assign({ error: ({ event }) => event.error }) },

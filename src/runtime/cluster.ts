@@ -50,6 +50,8 @@ export interface ClusterConfig {
   clock?: Clock;
   /** Start the HTTP frontend; default true. */
   frontend?: boolean;
+  /** Put into every worker's instance id, e.g. host and process id, so ids stay unique across processes. */
+  instanceTag?: string;
   /** Incarnation number of this process's workers; default 1. */
   epoch?: number;
   /** Where transport, discovery and fabrics come from; default in-process (memory, sim fabric). */
@@ -94,10 +96,11 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
   const engine = (): SimEngine => new SimEngine({ ...config.engine, clock });
   const epoch = config.epoch ?? 1;
   const ids = random.split('instance-ids');
+  const tag = config.instanceTag ? `${config.instanceTag}-` : '';
 
   const prefill: PrefillWorker[] = [];
   for (let i = 0; i < prefillCount; i++) {
-    const instanceId = `prefill-${i}-${ids.id(6)}`;
+    const instanceId = `prefill-${tag}${i}-${ids.id(6)}`;
     prefill.push(
       new PrefillWorker({
         instanceId,
@@ -116,7 +119,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
   }
   const decode: DecodeWorker[] = [];
   for (let i = 0; i < decodeCount; i++) {
-    const instanceId = `decode-${i}-${ids.id(6)}`;
+    const instanceId = `decode-${tag}${i}-${ids.id(6)}`;
     decode.push(
       new DecodeWorker({
         instanceId,

@@ -227,8 +227,8 @@ export class Frontend {
     if (this.inFlight.size >= limits.inFlightRequestsMax) {
       throw new TandemError(ErrorCode.Overloaded, `${limits.inFlightRequestsMax} requests are in flight; retry later`);
     }
-    const decode = this.router.pickDecode();
-    if (!decode) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
+    const decode = this.router.decodeCandidates();
+    if (decode.length === 0) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
     return {
       requestId: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${random.id(24)}`,
       model: engine.model.name,

@@ -4,7 +4,7 @@ import { ErrorCode, TandemError } from '../../errors.js';
 import { decode, encode } from '../../protocol/codec.js';
 import type { MessageOf, WireSampling } from '../../protocol/messages.js';
 import { subjects } from '../../protocol/subjects.js';
-import type { Transport } from '../../transport/transport.js';
+import { TransportError, type Transport } from '../../transport/transport.js';
 import { StopMatcher } from './stop-matcher.js';
 
 /** Everything the frontend decided about a request before sending it to a decode worker. */
@@ -16,7 +16,8 @@ export interface GenerationPlan {
   stops: string[];
   /** Per-state deadline overrides, in wire form. */
   deadlines?: MessageOf<'generate'>['deadlines'];
-  decode: WorkerRecord;
+  /** Decode workers in order of preference; the next is tried when one has no responder. */
+  decode: WorkerRecord[];
   prefill: WorkerRecord[];
 }
 
@@ -41,13 +42,13 @@ export async function* generate(
     prefill_candidates: plan.prefill.map((worker) => ({ instance_id: worker.instanceId, subject_prefix: worker.subjectPrefix })),
     ...(plan.deadlines ? { deadlines: plan.deadlines } : {}),
   });
-  const stream = deps.transport.stream(subjects.generate(plan.decode.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal });
   const detokenizer = deps.engine.createDetokenizer();
   const stop = new StopMatcher(plan.stops);
   let received = 0;
+  const { stream, chunks, first } = await openFirstResponding(deps, plan, request, signal);
   try {
-    for await (const chunk of stream) {
-      const message = decode(chunk, 'tokens', 'finish', 'error');
+    for (let next = first; !next.done; next = await chunks.next()) {
+      const message = decode(next.value, 'tokens', 'finish', 'error');
       if (message.t === 'error') throw TandemError.fromWire({ code: message.error.code as ErrorCode, message: message.error.message });
       if (message.t === 'finish') {
         const text = stop.push(detokenizer.flush()) + stop.flush();
@@ -69,5 +70,26 @@ export async function* generate(
     throw new TandemError(ErrorCode.Closed, 'the decode worker ended the stream without finishing the request');
   } finally {
     stream.cancel();
+  }
+}
+
+/**
+ * Opens the generate stream on the first decode worker that has a responder. A worker that died
+ * but is still in discovery answers no_responders before anything started, so trying the next
+ * one is safe.
+ */
+async function openFirstResponding(deps: { transport: Transport; idleTimeoutMs: number }, plan: GenerationPlan, request: Uint8Array, signal: AbortSignal | undefined) {
+  for (let i = 0; ; i++) {
+    const worker = plan.decode[i];
+    if (!worker) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
+    const stream = deps.transport.stream(subjects.generate(worker.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal });
+    const chunks = stream[Symbol.asyncIterator]();
+    try {
+      return { stream, chunks, first: await chunks.next() };
+    } catch (error) {
+      stream.cancel();
+      const lastChance = i + 1 >= plan.decode.length;
+      if (lastChance || !(error instanceof TransportError) || error.kind !== 'no_responders') throw error;
+    }
   }
 }
