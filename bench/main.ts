@@ -3,6 +3,8 @@
 // the HTTP frontend with a zero-time sim engine, so what is measured is tandem's own overhead.
 import { parseArgs } from 'node:util';
 import { createCluster, silentLogger } from '../src/index.js';
+import { benchFabric } from './fabric.js';
+import { benchNats } from './nats.js';
 
 const { values } = parseArgs({
   options: {
@@ -11,8 +13,11 @@ const { values } = parseArgs({
     'max-tokens': { type: 'string', default: '16' },
     'prompt-bytes': { type: 'string', default: '128' },
     rounds: { type: 'string', default: '2' },
+    only: { type: 'string', default: 'embedded,fabric,nats' },
+    'nats-requests': { type: 'string', default: '300' },
   },
 });
+const sections = new Set(values.only.split(','));
 const requests = Number(values.requests);
 const concurrency = Number(values.concurrency);
 const maxTokens = Number(values['max-tokens']);
@@ -99,22 +104,28 @@ function summarise(results: RoundResult[]) {
   };
 }
 
-process.stderr.write(
-  `tandem bench: ${requests} streamed completions per round, concurrency ${concurrency}, ${promptBytes}-byte prompts, ${maxTokens} tokens, zero-time sim engine, ${rounds} interleaved round(s) per mode\n`,
-);
-const byMode: Record<Mode, RoundResult[]> = { disaggregated: [], aggregated: [] };
-for (let round = 1; round <= rounds; round++) {
-  for (const mode of ['disaggregated', 'aggregated'] as const) byMode[mode].push(await runRound(mode, `round ${round} ${mode}`));
+async function benchEmbedded(): Promise<void> {
+  process.stderr.write(
+    `tandem bench: ${requests} streamed completions per round, concurrency ${concurrency}, ${promptBytes}-byte prompts, ${maxTokens} tokens, zero-time sim engine, ${rounds} interleaved round(s) per mode\n`,
+  );
+  const byMode: Record<Mode, RoundResult[]> = { disaggregated: [], aggregated: [] };
+  for (let round = 1; round <= rounds; round++) {
+    for (const mode of ['disaggregated', 'aggregated'] as const) byMode[mode].push(await runRound(mode, `round ${round} ${mode}`));
+  }
+  const dis = summarise(byMode.disaggregated);
+  const agg = summarise(byMode.aggregated);
+  const row = (name: string, s: ReturnType<typeof summarise>) =>
+    `${name.padEnd(15)} ${s.rps.toFixed(0).padStart(8)} ${s.p50.toFixed(2).padStart(10)} ${s.p99.toFixed(2).padStart(10)} ${String(s.failures).padStart(8)}`;
+  console.log('\nembedded cluster, HTTP + SSE, zero-time sim engine');
+  console.log(`${'mode'.padEnd(15)} ${'req/s'.padStart(8)} ${'TTFT p50'.padStart(10)} ${'TTFT p99'.padStart(10)} ${'failures'.padStart(8)}`);
+  console.log(row('disaggregated', dis));
+  console.log(row('aggregated', agg));
+  console.log(
+    `ratio dis/agg   ${(dis.rps / agg.rps).toFixed(2).padStart(8)} ${(dis.p50 / agg.p50).toFixed(2).padStart(10)} ${(dis.p99 / agg.p99).toFixed(2).padStart(10)}`,
+  );
+  if (dis.failures + agg.failures > 0) process.exitCode = 1;
 }
-const dis = summarise(byMode.disaggregated);
-const agg = summarise(byMode.aggregated);
-const row = (name: string, s: ReturnType<typeof summarise>) =>
-  `${name.padEnd(15)} ${s.rps.toFixed(0).padStart(8)} ${s.p50.toFixed(2).padStart(10)} ${s.p99.toFixed(2).padStart(10)} ${String(s.failures).padStart(8)}`;
-console.log('\nembedded cluster, HTTP + SSE, zero-time sim engine');
-console.log(`${'mode'.padEnd(15)} ${'req/s'.padStart(8)} ${'TTFT p50'.padStart(10)} ${'TTFT p99'.padStart(10)} ${'failures'.padStart(8)}`);
-console.log(row('disaggregated', dis));
-console.log(row('aggregated', agg));
-console.log(
-  `ratio dis/agg   ${(dis.rps / agg.rps).toFixed(2).padStart(8)} ${(dis.p50 / agg.p50).toFixed(2).padStart(10)} ${(dis.p99 / agg.p99).toFixed(2).padStart(10)}`,
-);
-if (dis.failures + agg.failures > 0) process.exitCode = 1;
+
+if (sections.has('embedded')) await benchEmbedded();
+if (sections.has('fabric')) await benchFabric();
+if (sections.has('nats')) await benchNats(Number(values['nats-requests']));
