@@ -73,10 +73,10 @@ function tally(outcomes: Outcome[]): Record<string, number> {
   return counts;
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000, describe?: () => Promise<unknown>): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${describe ? `: ${JSON.stringify(await describe())}` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -138,6 +138,6 @@ describe('faults with real processes', () => {
     await until('surviving pools to be full', async () => {
       const { workers: live } = await view(url);
       return live.every((w) => (w.role === 'decode' ? w.stats?.pool?.free === w.stats?.pool?.capacity : w.stats?.rooms === 0));
-    });
+    }, 20_000, () => view(url));
   });
 });

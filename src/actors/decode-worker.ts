@@ -101,8 +101,10 @@ export class DecodeWorker {
     this.fence.attach(this.pool);
     // A prefill worker whose fabric connection is gone can no longer write: its fenced pages are safe to reuse.
     this.unwatchPeers = fabric.onPeerClosed((writer) => {
-      this.fence.writerGone(writer);
+      // Fail the writer's requests first: their pages get fenced, and then released below,
+      // since nothing of a writer whose connection closed can land any more.
       this.prefillGone(writer.instanceId, 'closed its fabric connection');
+      this.fence.writerGone(writer);
     });
     // A prefill worker that leaves discovery (deregistered, or its heartbeat went stale) will not
     // finish its rooms: fail the requests waiting on them now, not at their deadlines.
