@@ -225,32 +225,21 @@ export class DecodeRequest {
     });
   }
 
-  awaitKv(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<{ firstToken: number }> {
+  /** Waits for the room's completion, then checks the payload's stamp and loads the KV for decoding. */
+  async awaitKv(grant: RoomGrant, pages: readonly number[], signal: AbortSignal): Promise<{ firstToken: number }> {
     const { deps, body } = this;
-    const owner = this.ownerOf(grant);
-    const payloadBytes = kvPayloadBytes(deps.engine.kvBytes(body.prompt_tokens.length), deps.engine.model.identity, deps.engine.model.kvLayout);
-    return new Promise((resolve, reject) => {
-      const onAbort = (): void => {
-        unsubscribe();
-        reject(signal.reason);
-      };
-      const unsubscribe = deps.region.onCompletion(owner, () => {
-        signal.removeEventListener('abort', onAbort);
-        deps.region.forget(owner);
-        try {
-          const payload = decodeKvPayload(deps.region.read(pages, payloadBytes), {
-            modelIdentity: deps.engine.model.identity,
-            kvLayout: deps.engine.model.kvLayout,
-            tokenCount: body.prompt_tokens.length,
-          });
-          this.sequence = deps.engine.loadSequence(payload.kv, payload.tokenCount, payload.firstToken, this.sampling);
-          resolve({ firstToken: payload.firstToken });
-        } catch (error) {
-          reject(TandemError.from(error, ErrorCode.KvMismatch));
-        }
-      });
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
+    await this.awaitCompletion(grant, signal);
+    signal.throwIfAborted();
+    deps.region.forget(this.ownerOf(grant));
+    const { identity, kvLayout } = deps.engine.model;
+    try {
+      const payloadBytes = kvPayloadBytes(deps.engine.kvBytes(body.prompt_tokens.length), identity, kvLayout);
+      const payload = decodeKvPayload(deps.region.read(pages, payloadBytes), { modelIdentity: identity, kvLayout, tokenCount: body.prompt_tokens.length });
+      this.sequence = deps.engine.loadSequence(payload.kv, payload.tokenCount, payload.firstToken, this.sampling);
+      return { firstToken: payload.firstToken };
+    } catch (error) {
+      throw TandemError.from(error, ErrorCode.KvMismatch);
+    }
   }
 
   emit(token: number): void {
