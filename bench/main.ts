@@ -1,6 +1,8 @@
 // npm run bench — the cost of disaggregation on the embedded default, as ratios measured side by
 // side in one run. Each mode serves the same requests (same prompts, seeds and lengths) through
 // the HTTP frontend with a zero-time sim engine, so what is measured is tandem's own overhead.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createCluster, silentLogger } from '../src/index.js';
 import { benchFabric } from './fabric.js';
@@ -13,7 +15,8 @@ const { values } = parseArgs({
     'max-tokens': { type: 'string', default: '16' },
     'prompt-bytes': { type: 'string', default: '128' },
     rounds: { type: 'string', default: '2' },
-    only: { type: 'string', default: 'embedded,fabric,nats' },
+    only: { type: 'string', default: 'embedded,fabric,nats,sim' },
+    'sim-requests': { type: 'string', default: '5000' },
     'nats-requests': { type: 'string', default: '300' },
   },
 });
@@ -129,3 +132,11 @@ async function benchEmbedded(): Promise<void> {
 if (sections.has('embedded')) await benchEmbedded();
 if (sections.has('fabric')) await benchFabric();
 if (sections.has('nats')) await benchNats(Number(values['nats-requests']));
+if (sections.has('sim')) {
+  // Simulator speed: the real actors in virtual time on 16 prefill + 16 decode workers, faults on.
+  console.log('');
+  const run = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../simulations/bench.ts', import.meta.url)), '--requests', values['sim-requests']], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  if (run.status !== 0) process.exitCode = 1;
+}

@@ -17,7 +17,14 @@ export { localRequestMachine } from './machines/local-request-machine.js';
 export { VirtualClock } from './time/virtual-clock.js';
 export { realClock, realSeed } from './time/real-clock.js';
 export { seededRandom } from './random/random.js';
+export { InspectionRecorder } from './inspect/inspection-recorder.js';
+export { TraceFileWriter, readTraceFiles } from './inspect/trace-file.js';
+export { machineDiagram, diagramMachines, toMermaid, toDot } from './inspect/machine-diagram.js';
+export { registerUi } from './ui/ui-routes.js';
 
 export type { DecodeWorkerStats } from './actors/decode-worker.js';
 export type { PrefillWorkerStats } from './actors/prefill-worker.js';
 export type { MessageOf, MessageType } from './protocol/messages.js';
+export type { TransitionRecord, MachineKind } from './inspect/transition-record.js';
+export type { MachineDiagram, DiagramState, DiagramTransition } from './inspect/machine-diagram.js';
+export type { RequestSummary, RequestDetail, TimelineSegment } from './inspect/request-index.js';

@@ -232,6 +232,17 @@ describe('request machine', () => {
     });
   }
 
+  it('fails fast in allocation when the prefill worker that granted the room is gone', async () => {
+    const h = harness();
+    await h.runTo('allocation');
+    const allocate = h.last('allocate');
+    h.actor.send({ type: 'PREFILL_FAILED', error: { code: ErrorCode.PrefillFailed, message: 'prefill worker p1 left discovery' } });
+    await flush();
+    expect(h.state()).toBe('failed');
+    expect(allocate.signal.aborted).toBe(true);
+    expect(h.actor.getSnapshot().output?.error?.message).toContain('left discovery');
+  });
+
   it('goes straight through transfer when prefill posted the KV before its start reply arrived', async () => {
     const h = harness();
     await h.runTo('prefill');

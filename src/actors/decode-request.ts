@@ -5,12 +5,13 @@ import { ownerKey, type Region } from '../fabric/fabric.js';
 import { decodeKvPayload, kvPayloadBytes } from '../kv/kv-payload.js';
 import { pagesFor, type PagePool } from '../kv/page-pool.js';
 import type { Deadlines } from '../limits.js';
+import type { Logger } from '../log.js';
 import { localRequestMachine } from '../machines/local-request-machine.js';
 import { requestMachine, type FinishReason, type RequestContext, type RequestEvent, type RequestOutput, type RoomGrant } from '../machines/request-machine.js';
 import { decode, encode } from '../protocol/codec.js';
 import type { MessageOf } from '../protocol/messages.js';
 import { subjects } from '../protocol/subjects.js';
-import type { StreamWriter } from '../transport/transport.js';
+import { TransportError, type StreamWriter } from '../transport/transport.js';
 import type { DecodeBatcher } from './decode-batcher.js';
 import type { DecodeWorkerOptions } from './decode-worker.js';
 import type { RoomFence } from './room-fence.js';
@@ -63,9 +64,17 @@ export class DecodeRequest {
   private sequence: DecodeSequence | undefined;
   /** Tokens written to the stream so far (the first token counts). */
   private emitted = 0;
+  /** The prefill request (naming the destination pages) may have reached the prefill worker. */
+  private prefillRequested = false;
   /** The room this request is bound to for prefill events. */
   private boundOwner: string | undefined;
   private settled = false;
+  /** When the last token was emitted, for inter-token latency. */
+  private lastEmitAtMs = 0;
+  /** The room granted, for log lines. */
+  private room: number | undefined;
+  /** Logs with the request id and trace context on every line. */
+  private readonly log: Logger;
 
   constructor(
     private readonly deps: DecodeRequestDeps,
@@ -75,12 +84,14 @@ export class DecodeRequest {
     this.requestId = body.request_id;
     this.sampling = samplingFromWire(body.sampling);
     this.deadlines = deadlinesFrom(deps.deadlines, body.deadlines);
+    this.log = deps.log.child({ request: body.request_id, ...(body.traceparent ? { traceparent: body.traceparent } : {}) });
     this.actor = deps.prefillLocally ? this.createLocalActor() : this.createDisaggregatedActor();
   }
 
   start(): void {
     this.writer.onCancel(() => this.cancel());
     this.actor.subscribe({ complete: () => this.finish(), error: (error: unknown) => this.crash(error) });
+    this.log.debug('request started', { prompt_tokens: this.body.prompt_tokens.length, prefill: this.deps.prefillLocally ? 'local' : 'remote' });
     this.actor.start();
   }
 
@@ -118,10 +129,11 @@ export class DecodeRequest {
     if (!context.grant) return;
     const owner = this.ownerOf(context.grant);
     const holdsPages = deps.pool.pagesOf(owner) !== undefined;
-    // Once the room's final write has landed no write of it can follow, so the pages are safe.
-    const transferDone = context.firstToken !== null;
-    if (holdsPages && transferDone) deps.pool.release(owner);
-    if (!context.roomReleased) deps.fence.abort(owner, context.grant, this.requestId, holdsPages && !transferDone);
+    // Once the room's final write has landed no write of it can follow, and a prefill worker
+    // that never received the destination pages cannot write to them: either way they are safe.
+    const pagesSafe = context.firstToken !== null || !this.prefillRequested;
+    if (holdsPages && pagesSafe) deps.pool.release(owner);
+    if (!context.roomReleased) deps.fence.abort(owner, context.grant, this.requestId, holdsPages && !pagesSafe, this.body.traceparent);
   }
 
   /** Aggregated serving: prefill into this worker's own pages, then decode. */
@@ -145,7 +157,7 @@ export class DecodeRequest {
   }
 
   confirmRelease(grant: RoomGrant, signal: AbortSignal): Promise<void> {
-    return this.deps.fence.confirm(grant, this.requestId, signal);
+    return this.deps.fence.confirm(grant, this.requestId, signal, this.body.traceparent);
   }
 
   private get localOwner(): string {
@@ -169,7 +181,7 @@ export class DecodeRequest {
   }
 
   async bootstrap(candidate: { instanceId: string; subjectPrefix: string }, timeoutMs: number, signal: AbortSignal): Promise<RoomGrant> {
-    const request = encode('bootstrap_request', { request_id: this.requestId, decode_id: this.deps.instanceId, model: this.body.model });
+    const request = encode('bootstrap_request', { request_id: this.requestId, decode_id: this.deps.instanceId, model: this.body.model, ...this.traceFields() });
     // The request is not aborted with the machine: prefill may already be granting the room, and a
     // grant nobody receives would stay reserved until it expires. A late grant is handed back below.
     const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs }), 'bootstrap_grant', 'error');
@@ -180,9 +192,11 @@ export class DecodeRequest {
     const grant = { prefillId: reply.prefill_id, subjectPrefix: candidate.subjectPrefix, epoch: reply.epoch, room: reply.room };
     if (signal.aborted) {
       // Cancelled, or this attempt timed out and another began: no page was allocated for the room.
-      this.deps.fence.abort(this.ownerOf(grant), grant, this.requestId, false);
+      this.deps.fence.abort(this.ownerOf(grant), grant, this.requestId, false, this.body.traceparent);
       throw signal.reason;
     }
+    this.room = grant.room;
+    this.log.debug('room granted', { room: grant.room, prefill: grant.prefillId, epoch: grant.epoch });
     return grant;
   }
 
@@ -200,12 +214,18 @@ export class DecodeRequest {
       sampling: body.sampling,
       region: { fabric: region.fabric, endpoint: region.endpoint, region_id: region.regionId, page_bytes: region.pageBytes, page_count: region.pageCount },
       pages: [...pages],
+      ...this.traceFields(),
     });
-    const reply = decode(
-      await deps.transport.request(subjects.prefill(grant.subjectPrefix), request, { timeoutMs: this.deadlines.prefillMs, signal }),
-      'prefill_started',
-      'error',
-    );
+    this.prefillRequested = true;
+    let answer: Uint8Array;
+    try {
+      answer = await deps.transport.request(subjects.prefill(grant.subjectPrefix), request, { timeoutMs: this.deadlines.prefillMs, signal });
+    } catch (error) {
+      // Nobody was subscribed: the request, and the page list in it, reached no prefill worker.
+      if (error instanceof TransportError && error.kind === 'no_responders') this.prefillRequested = false;
+      throw error;
+    }
+    const reply = decode(answer, 'prefill_started', 'error');
     if (reply.t === 'error') throw wireToError(reply.error);
   }
 
@@ -242,8 +262,16 @@ export class DecodeRequest {
     }
   }
 
+  /** The trace context to put on messages to prefill, when the request has one. */
+  private traceFields(): { traceparent?: string } {
+    return this.body.traceparent ? { traceparent: this.body.traceparent } : {};
+  }
+
   emit(token: number): void {
     if (this.writer.closed) return;
+    const nowMs = this.deps.clock.now();
+    if (this.emitted > 0) this.deps.metrics?.observeInterTokenLatency((nowMs - this.lastEmitAtMs) / 1000);
+    this.lastEmitAtMs = nowMs;
     this.writer.write(encode('tokens', { request_id: this.requestId, index: this.emitted, tokens: [token] }));
     this.emitted++;
   }
@@ -286,6 +314,7 @@ export class DecodeRequest {
     if (this.settled) return;
     this.settled = true;
     const output = this.actor.getSnapshot().output as RequestOutput;
+    this.log.debug('request finished', { room: this.room, status: output.status, code: output.error?.code, completion_tokens: this.emitted });
     this.deps.finished(this, output.status);
     if (this.writer.closed) return;
     if (output.status === 'done') {
@@ -308,7 +337,7 @@ export class DecodeRequest {
   private crash(error: unknown): void {
     if (this.settled) return;
     this.settled = true;
-    this.deps.log.error('request machine crashed', { request: this.requestId, error: String(error) });
+    this.log.error('request machine crashed', { room: this.room, error: String(error) });
     this.releaseSequence();
     this.deps.finished(this, 'failed');
     if (!this.writer.closed) {

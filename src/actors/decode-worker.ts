@@ -7,6 +7,7 @@ import { ownerKey } from '../fabric/fabric.js';
 import { PagePool, type PagePoolStats } from '../kv/page-pool.js';
 import type { Deadlines, Limits } from '../limits.js';
 import type { Logger } from '../log.js';
+import type { TandemMetrics } from '../metrics/tandem-metrics.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
 import { waitUntil, type Clock } from '../time/clock.js';
@@ -37,6 +38,8 @@ export interface DecodeWorkerOptions {
   prefillLocally: boolean;
   /** Observes every request machine of this worker (xstate inspection), for simulators and visualizers. */
   inspect?: (event: InspectionEvent) => void;
+  /** Where requests record inter-token latency; optional. */
+  metrics?: TandemMetrics;
 }
 
 /** Counters and gauges of a decode worker. */

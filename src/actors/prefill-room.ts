@@ -3,6 +3,7 @@ import { ErrorCode, TandemError } from '../errors.js';
 import type { RegionDescriptor } from '../fabric/fabric.js';
 import { encodeKvPayload } from '../kv/kv-payload.js';
 import { pagesFor } from '../kv/page-pool.js';
+import type { Logger } from '../log.js';
 import { roomMachine, type RoomContext, type RoomOutput } from '../machines/room-machine.js';
 import { encode } from '../protocol/codec.js';
 import type { MessageOf } from '../protocol/messages.js';
@@ -65,13 +66,16 @@ export class PrefillRoom {
   private job: Job | undefined;
   private readonly inflight = new Set<Promise<void>>();
   private readonly pendingAcks: Array<() => void> = [];
+  /** Logs with the request id, room and trace context on every line. */
+  private readonly log: Logger;
 
   constructor(
     private readonly deps: RoomDeps,
-    identity: { requestId: string; room: number },
+    identity: { requestId: string; room: number; traceparent?: string | undefined },
   ) {
     this.requestId = identity.requestId;
     this.room = identity.room;
+    this.log = deps.log.child({ request: identity.requestId, room: identity.room, ...(identity.traceparent ? { traceparent: identity.traceparent } : {}) });
     const { deadlines } = deps;
     this.actor = createActor(deps.machine, {
       clock: deps.clock,
@@ -94,6 +98,7 @@ export class PrefillRoom {
   }
 
   start(): void {
+    this.log.debug('room granted', { epoch: this.deps.epoch });
     this.actor.start();
   }
 
@@ -107,6 +112,7 @@ export class PrefillRoom {
     if (outOfRange !== undefined) throw new TandemError(ErrorCode.InvalidMessage, `page ${outOfRange} is outside the region's ${region.pageCount} pages`);
     if (new Set(body.pages).size !== body.pages.length) throw new TandemError(ErrorCode.InvalidMessage, 'destination pages repeat');
     this.job = { body, region };
+    this.log.debug('prefill started', { prompt_tokens: body.prompt_tokens.length, pages: body.pages.length, decode: body.decode_id });
     this.actor.send({ type: 'START' });
   }
 
@@ -154,6 +160,7 @@ export class PrefillRoom {
     const job = this.job!;
     const payload = job.payload!;
     const pageBytes = job.region.pageBytes;
+    const startedAtMs = this.deps.clock.now();
     const connection = await this.deps.links.get(job.region);
     const pageCount = pagesFor(payload.byteLength, pageBytes);
     const window = new Set<Promise<void>>();
@@ -183,6 +190,9 @@ export class PrefillRoom {
     await Promise.all(window);
     if (failure !== undefined) throw TandemError.from(failure, ErrorCode.TransferFailed);
     if (signal.aborted) throw signal.reason;
+    const seconds = (this.deps.clock.now() - startedAtMs) / 1000;
+    this.deps.metrics?.observeKvTransfer(job.region.fabric, payload.byteLength, seconds);
+    this.log.debug('kv transferred', { fabric: job.region.fabric, bytes: payload.byteLength, pages: pageCount, seconds });
   }
 
   /** Resolves once no write of the room is in flight, tearing the connection down if they do not settle in time. */
@@ -191,12 +201,13 @@ export class PrefillRoom {
     const settled = Promise.allSettled([...this.inflight]).then(() => true);
     const patience = sleep(this.deps.clock, this.deps.deadlines.transferMs / 2).then(() => false);
     if (await Promise.race([settled, patience])) return;
-    this.deps.log.warn('writes did not settle; tearing down the fabric connection', { room: this.room, request: this.requestId });
+    this.log.warn('writes did not settle; tearing down the fabric connection');
     if (this.job) this.deps.links.reset(this.job.region);
     await settled;
   }
 
   retire(status: RoomOutput['status']): void {
+    this.log.debug('room retired', { status });
     this.job = undefined;
     this.deps.retired(this, status);
     for (const ack of this.pendingAcks.splice(0)) ack();

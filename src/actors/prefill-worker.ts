@@ -5,6 +5,7 @@ import { ErrorCode, TandemError } from '../errors.js';
 import type { Fabric } from '../fabric/fabric.js';
 import type { Deadlines, Limits } from '../limits.js';
 import type { Logger } from '../log.js';
+import type { TandemMetrics } from '../metrics/tandem-metrics.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
 import type { Random } from '../random/random.js';
@@ -29,6 +30,8 @@ export interface PrefillWorkerOptions {
   deadlines: Deadlines;
   /** Observes every room machine of this worker (xstate inspection), for simulators and visualizers. */
   inspect?: (event: InspectionEvent) => void;
+  /** Where rooms record KV transfer bytes and time; optional. */
+  metrics?: TandemMetrics;
 }
 
 export interface PrefillWorkerStats {
@@ -148,7 +151,7 @@ export class PrefillWorker {
       throw new TandemError(ErrorCode.Overloaded, `all ${this.options.limits.roomsMax} rooms are in use`);
     }
     const number = this.allocateRoomNumber();
-    const room = new PrefillRoom(this.deps, { requestId: body.request_id, room: number });
+    const room = new PrefillRoom(this.deps, { requestId: body.request_id, room: number, traceparent: body.traceparent });
     this.rooms.set(number, room);
     room.start();
     message.respond(encode('bootstrap_grant', { request_id: body.request_id, prefill_id: this.options.instanceId, epoch: this.options.epoch, room: number }));

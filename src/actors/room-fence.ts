@@ -9,13 +9,14 @@ import { subjects } from '../protocol/subjects.js';
 import { sleep, type Clock } from '../time/clock.js';
 import type { Transport } from '../transport/transport.js';
 
-/** Abort acknowledgements asked for before a fenced room waits only for its writer's connection to close. */
-const abortAttemptsMax = 5;
+/** Longest pause between two requests for an abort acknowledgement. */
+const abortRetryMsMax = 5_000;
 
 interface Fenced {
   readonly grant: RoomGrant;
   readonly requestId: string;
   readonly controller: AbortController;
+  readonly traceparent: string | undefined;
 }
 
 /**
@@ -43,20 +44,20 @@ export class RoomFence {
    * Aborts `owner`'s room at its prefill worker. With `pagesAtRisk`, its pages are quarantined
    * until the abort is acknowledged; without, the abort only frees the prefill side sooner.
    */
-  abort(owner: string, grant: RoomGrant, requestId: string, pagesAtRisk: boolean): void {
+  abort(owner: string, grant: RoomGrant, requestId: string, pagesAtRisk: boolean, traceparent?: string): void {
     if (pagesAtRisk) {
       this.pool!.quarantine(owner);
-      const entry: Fenced = { grant, requestId, controller: new AbortController() };
+      const entry: Fenced = { grant, requestId, controller: new AbortController(), traceparent };
       this.fenced.set(owner, entry);
       void this.askUntilAcknowledged(owner, entry);
     } else {
-      void this.ask(grant, requestId, 'aborted', undefined).catch(() => {});
+      void this.ask(grant, requestId, 'aborted', undefined, traceparent).catch(() => {});
     }
   }
 
   /** Tells the prefill worker the transfer is confirmed; resolves on its acknowledgement. */
-  confirm(grant: RoomGrant, requestId: string, signal: AbortSignal): Promise<void> {
-    return this.ask(grant, requestId, 'confirmed', signal);
+  confirm(grant: RoomGrant, requestId: string, signal: AbortSignal, traceparent?: string): Promise<void> {
+    return this.ask(grant, requestId, 'confirmed', signal, traceparent);
   }
 
   /** The writer's connection is gone, so none of its writes can land any more: free its fenced pages. */
@@ -75,9 +76,11 @@ export class RoomFence {
   }
 
   private async askUntilAcknowledged(owner: string, entry: Fenced): Promise<void> {
-    for (let attempt = 1; attempt <= abortAttemptsMax && !entry.controller.signal.aborted; attempt++) {
+    // Ask until the prefill side answers or its connection closes: giving up would leave the
+    // pages quarantined for good, and a partition or a slow drain can outlast any fixed budget.
+    for (let attempt = 1; !entry.controller.signal.aborted; attempt++) {
       try {
-        await this.ask(entry.grant, entry.requestId, 'aborted', entry.controller.signal);
+        await this.ask(entry.grant, entry.requestId, 'aborted', entry.controller.signal, entry.traceparent);
         this.unfence(owner, 'abort acknowledged');
         return;
       } catch (error) {
@@ -88,25 +91,27 @@ export class RoomFence {
           return;
         }
         if (entry.controller.signal.aborted) return;
-        this.deps.log.warn('abort not acknowledged; pages stay quarantined', { owner, attempt, code });
-        await sleep(this.deps.clock, this.deps.deadlines.cleanupMs * attempt, entry.controller.signal).catch(() => {});
+        if (attempt === 1 || attempt % 10 === 0) this.deps.log.warn('abort not acknowledged; pages stay quarantined', { request: entry.requestId, room: entry.grant.room, traceparent: entry.traceparent, owner, attempt, code });
+        await sleep(this.deps.clock, Math.min(this.deps.deadlines.cleanupMs * attempt, abortRetryMsMax), entry.controller.signal).catch(() => {});
       }
     }
   }
 
   private unfence(owner: string, why: string): void {
-    if (!this.fenced.delete(owner)) return;
+    const entry = this.fenced.get(owner);
+    if (!entry || !this.fenced.delete(owner)) return;
     const pages = this.pool!.releaseQuarantined(owner);
-    this.deps.log.debug('released quarantined pages', { owner, pages, why });
+    this.deps.log.debug('released quarantined pages', { request: entry.requestId, room: entry.grant.room, traceparent: entry.traceparent, owner, pages, why });
   }
 
-  private async ask(grant: RoomGrant, requestId: string, outcome: 'confirmed' | 'aborted', signal: AbortSignal | undefined): Promise<void> {
+  private async ask(grant: RoomGrant, requestId: string, outcome: 'confirmed' | 'aborted', signal: AbortSignal | undefined, traceparent: string | undefined): Promise<void> {
     const request = encode('release_request', {
       request_id: requestId,
       prefill_id: grant.prefillId,
       epoch: grant.epoch,
       room: grant.room,
       outcome,
+      ...(traceparent ? { traceparent } : {}),
     });
     const reply = decode(
       await this.deps.transport.request(subjects.release(grant.subjectPrefix), request, { timeoutMs: this.deps.deadlines.cleanupMs, signal }),

@@ -1,11 +1,15 @@
 import { hostname } from 'node:os';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Deadlines } from '../limits.js';
-import { logLevels, type LogLevel } from '../log.js';
+import { consoleLogger, logLevels, type Logger, type LogLevel } from '../log.js';
+import { pinoLogger } from '../log-pino.js';
+import { serveMetrics } from '../metrics/metrics-server.js';
 import { memoryBackends, type BackendsFactory } from '../runtime/backends.js';
 import { createCluster, type Cluster, type ClusterConfig } from '../runtime/cluster.js';
 import { natsBackends, type NatsSettings } from '../runtime/nats-backends.js';
 import { realClock, realSeed } from '../time/real-clock.js';
+import { registerSimulateCommand } from './simulate-command.js';
+import { registerVizCommands, traceConfig } from './viz-commands.js';
 
 function integer(min: number) {
   return (value: string): number => {
@@ -33,6 +37,7 @@ function withCommonOptions(command: Command): Command {
     .addOption(new Option('--pages <n>', 'KV pages per decode worker').default(4096).argParser(integer(1)))
     .addOption(new Option('--seed <n>', 'seed of ids, rooms and default sampling seeds').argParser(integer(0)))
     .addOption(new Option('--log-level <level>', 'log level').choices([...logLevels]).default('info').env('TANDEM_LOG_LEVEL'))
+    .addOption(new Option('--log-format <format>', 'text (key=value lines) or json (one JSON object per line, pino)').choices(['text', 'json']).default('text').env('TANDEM_LOG_FORMAT'))
     .addOption(new Option('--drain-timeout-ms <ms>', 'on SIGTERM/SIGINT, how long requests in flight may finish').default(10_000).argParser(integer(0)))
     .addOption(
       new Option('--deadlines <json>', `per-state deadlines in ms, e.g. '{"transfer_ms":5000}' (states: ${deadlineStates.join(', ')})`)
@@ -117,13 +122,21 @@ function backendsFor(options: Options, name: string): BackendsFactory {
   );
 }
 
+/** The process's logger: `--log-format json` writes JSON lines to stderr with pino, `text` key=value lines. */
+function loggerFor(options: Options): Logger {
+  const level = options.logLevel as LogLevel;
+  return options.logFormat === 'json' ? pinoLogger({ level, clock: realClock }) : consoleLogger(level);
+}
+
 function baseConfig(options: Options): ClusterConfig {
   return {
     seed: (options.seed as number | undefined) ?? realSeed(),
     pageBytes: options.pageBytes as number,
     pageCount: options.pages as number,
     logLevel: options.logLevel as LogLevel,
+    log: loggerFor(options),
     deadlines: options.deadlines as Partial<Deadlines> | undefined,
+    trace: traceConfig(options),
     engine: {
       modelName: options.modelName as string,
       speedup: options.speedup as number,
@@ -221,7 +234,9 @@ withFabricOptions(
       program
         .command('worker')
         .description('Run one prefill or decode worker; it registers in NATS KV and moves KV over the TCP fabric.')
-        .addOption(new Option('--role <role>', 'prefill or decode').choices(['prefill', 'decode']).makeOptionMandatory().env('TANDEM_ROLE')),
+        .addOption(new Option('--role <role>', 'prefill or decode').choices(['prefill', 'decode']).makeOptionMandatory().env('TANDEM_ROLE'))
+        .addOption(new Option('--metrics-port <port>', 'serve Prometheus metrics on GET /metrics at this port (0 picks a free one); off by default').argParser(integer(0)).env('TANDEM_METRICS_PORT'))
+        .addOption(new Option('--metrics-host <host>', 'interface of the metrics listener').default('127.0.0.1').env('TANDEM_METRICS_HOST')),
     ),
     true,
   ),
@@ -239,7 +254,13 @@ withFabricOptions(
   });
   const worker = role === 'prefill' ? cluster.prefill[0] : cluster.decode[0];
   process.stderr.write(`tandem ${role} worker ${worker?.instanceId ?? ''} running\n`);
+  if (options.metricsPort !== undefined) {
+    const server = await serveMetrics(cluster.metrics, options.metricsHost as string, options.metricsPort as number);
+    process.stderr.write(`tandem ${role} worker metrics at ${server.url}\n`);
+  }
   drainOnSignals(cluster, options.drainTimeoutMs as number);
 });
 
+registerVizCommands(program);
+registerSimulateCommand(program);
 await program.parseAsync(process.argv);

@@ -215,6 +215,10 @@ export const requestMachine = setup({
         onDone: { target: 'prefill', actions: assign({ pages: ({ event }) => event.output }) },
         onError: { target: 'failed', actions: assign({ error: ({ event }) => toWireError(event.error, ErrorCode.KvCapacity) }) },
       },
+      on: {
+        // The prefill worker that granted the room died while this request waited for pages.
+        PREFILL_FAILED: { target: 'failed', actions: assign({ error: ({ event }) => event.error }) },
+      },
       after: {
         allocationDeadline: {
           target: 'failed',

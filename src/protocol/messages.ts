@@ -6,6 +6,8 @@ import { z } from 'zod';
 
 const uint = z.number().int().nonnegative();
 const id = z.string().min(1).max(128);
+/** A W3C `traceparent` value; its format is checked where it enters (the frontend), not on every hop. */
+const traceparent = z.string().min(1).max(512);
 
 /** Sampling parameters as they travel to prefill and decode. */
 export const wireSampling = z.strictObject({
@@ -61,6 +63,8 @@ export const messageSchemas = {
     sampling: wireSampling,
     prefill_candidates: z.array(wirePrefillCandidate).max(64),
     deadlines: wireDeadlines.optional(),
+    /** W3C trace context of the request, for logs on every actor (optional: older senders omit it). */
+    traceparent: traceparent.optional(),
   }),
   /** decode → frontend (stream chunk): tokens in order, `index` of the first one. */
   tokens: z.strictObject({ request_id: id, index: uint, tokens: z.array(uint).min(1) }),
@@ -74,7 +78,7 @@ export const messageSchemas = {
   /** decode → frontend (last stream chunk) or any reply: an operating error. */
   error: z.strictObject({ request_id: z.string().max(128).optional(), error: wireError }),
   /** decode → prefill (request): ask for a room. */
-  bootstrap_request: z.strictObject({ request_id: id, decode_id: id, model: z.string().min(1).max(256) }),
+  bootstrap_request: z.strictObject({ request_id: id, decode_id: id, model: z.string().min(1).max(256), traceparent: traceparent.optional() }),
   /** prefill → decode (reply): the room granted. */
   bootstrap_grant: z.strictObject({ ...roomFields }),
   /** decode → prefill (request): compute the prompt's KV and write it into these pages. */
@@ -86,6 +90,7 @@ export const messageSchemas = {
     sampling: wireSampling,
     region: wireRegion,
     pages: z.array(uint).min(1),
+    traceparent: traceparent.optional(),
   }),
   /** prefill → decode (reply): the room's prefill has started. */
   prefill_started: z.strictObject({ ...roomFields }),
@@ -94,7 +99,7 @@ export const messageSchemas = {
   /** prefill → decode (event): the room's prefill or transfer failed. */
   prefill_failed: z.strictObject({ ...roomFields, error: wireError }),
   /** decode → prefill (request): the transfer is confirmed, or aborted; free the room. */
-  release_request: z.strictObject({ ...roomFields, outcome: z.enum(['confirmed', 'aborted']) }),
+  release_request: z.strictObject({ ...roomFields, outcome: z.enum(['confirmed', 'aborted']), traceparent: traceparent.optional() }),
   /** prefill → decode (reply): the room is freed and no write of it is in flight. */
   release_ack: z.strictObject({ ...roomFields }),
   /** anyone → worker (request): report your counters. */

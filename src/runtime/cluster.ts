@@ -3,9 +3,13 @@ import { DecodeWorker, type DecodeWorkerStats } from '../actors/decode-worker.js
 import { Frontend } from '../actors/frontend/frontend.js';
 import { PrefillWorker, type PrefillWorkerStats } from '../actors/prefill-worker.js';
 import { SimEngine } from '../engine/sim/sim-engine.js';
+import { InspectionRecorder } from '../inspect/inspection-recorder.js';
+import { TraceFileWriter } from '../inspect/trace-file.js';
 import type { SimEngineOptions } from '../engine/sim/sim-options.js';
 import { defaultDeadlines, defaultLimits, type Deadlines, type Limits } from '../limits.js';
 import { consoleLogger, type Logger, type LogLevel } from '../log.js';
+import { composeInspectors, requestStateInspector } from '../metrics/request-state-inspector.js';
+import { TandemMetrics } from '../metrics/tandem-metrics.js';
 import { seededRandom } from '../random/random.js';
 import type { Clock } from '../time/clock.js';
 import { realClock, realSeed } from '../time/real-clock.js';
@@ -56,6 +60,13 @@ export interface ClusterConfig {
   epoch?: number;
   /** Where transport, discovery and fabrics come from; default in-process (memory, sim fabric). */
   backends?: BackendsFactory;
+  /** The inspection feed of this process's request and room machines (the web UI reads its ring). */
+  trace?: {
+    /** Also append every transition to this JSONL file. */
+    file?: string;
+    /** Transitions the in-memory ring keeps; default 10,000. */
+    ringMax?: number;
+  };
 }
 
 /** A running embedded cluster. */
@@ -66,6 +77,10 @@ export interface Cluster {
   readonly frontend: Frontend | undefined;
   readonly prefill: readonly PrefillWorker[];
   readonly decode: readonly DecodeWorker[];
+  /** Prometheus metrics of this process's frontend and workers (its own registry); the frontend serves them on GET /metrics. */
+  readonly metrics: TandemMetrics;
+  /** Transitions of this process's request and room machines. */
+  readonly inspection: InspectionRecorder;
   /** Counters of every worker. */
   stats(): { prefill: PrefillWorkerStats[]; decode: DecodeWorkerStats[]; inFlight: number };
   /** Stops the frontend and every worker at once, cancelling what is in flight. */
@@ -97,6 +112,10 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
   const epoch = config.epoch ?? 1;
   const ids = random.split('instance-ids');
   const tag = config.instanceTag ? `${config.instanceTag}-` : '';
+  const metrics = new TandemMetrics();
+  const stateTimer = requestStateInspector(metrics, clock);
+  const traceFile = config.trace?.file ? new TraceFileWriter(config.trace.file, log) : undefined;
+  const inspection = new InspectionRecorder({ clock, ringMax: config.trace?.ringMax, sink: traceFile && ((record) => traceFile.write(record)) });
 
   const prefill: PrefillWorker[] = [];
   for (let i = 0; i < prefillCount; i++) {
@@ -114,6 +133,8 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         log: log.child({ worker: instanceId }),
         limits,
         deadlines,
+        inspect: inspection.forWorker(instanceId),
+        metrics,
       }),
     );
   }
@@ -135,6 +156,8 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         limits,
         deadlines,
         prefillLocally: mode === 'aggregated',
+        inspect: composeInspectors(inspection.forWorker(instanceId), stateTimer),
+        metrics,
       }),
     );
   }
@@ -152,13 +175,23 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
           host: config.host ?? '127.0.0.1',
           port: config.port ?? 8080,
           streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
+          metrics,
+          traceRandom: random.split('traceparent'),
+          inspection,
         });
 
   for (const worker of [...prefill, ...decode]) await worker.start();
+  for (const worker of prefill) metrics.addPrefillWorker(worker);
+  for (const worker of decode) metrics.addDecodeWorker(worker);
+  if (frontend) metrics.addFrontend(frontend);
+  const unwatchDeaths = discovery.watch((event) => {
+    if (event.type === 'removed') metrics.recordWorkerDeath(event.record.role);
+  });
   await frontend?.start();
   log.info('ready', { mode, frontend: frontend?.url ?? 'none', prefill: prefill.length, decode: decode.length, transport: backends.name, seed });
 
   const shutdown = async (drainMs: number | undefined): Promise<void> => {
+    unwatchDeaths();
     if (drainMs === undefined) await frontend?.stop();
     else await frontend?.drain(drainMs);
     for (const worker of [...decode, ...prefill]) {
@@ -166,12 +199,15 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
       else await worker.drain(drainMs);
     }
     await backends.close();
+    await traceFile?.close();
   };
   return {
     url: frontend?.url ?? '',
     frontend,
     prefill,
     decode,
+    inspection,
+    metrics,
     stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend?.inFlightRequests ?? 0 }),
     close: () => shutdown(undefined),
     drain: (timeoutMs) => shutdown(timeoutMs),

@@ -2,14 +2,19 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { ServerResponse } from 'node:http';
 import type { Discovery } from '../../discovery/discovery.js';
 import type { Engine } from '../../engine/engine.js';
+import type { InspectionRecorder } from '../../inspect/inspection-recorder.js';
+import { registerUi } from '../../ui/ui-routes.js';
 import { ErrorCode, TandemError } from '../../errors.js';
 import type { Limits } from '../../limits.js';
 import type { Logger } from '../../log.js';
+import { meteredGeneration } from '../../metrics/metered-generation.js';
+import type { TandemMetrics } from '../../metrics/tandem-metrics.js';
 import type { Random } from '../../random/random.js';
 import { sleep, waitUntil, type Clock } from '../../time/clock.js';
 import type { Transport } from '../../transport/transport.js';
 import { decode, encode } from '../../protocol/codec.js';
 import { subjects } from '../../protocol/subjects.js';
+import { continueTrace, formatTraceparent } from '../../trace/traceparent.js';
 import { Router } from '../router.js';
 import { generate, type GenerationEvent, type GenerationPlan } from './generation.js';
 import { httpError, httpFailure } from './http-error.js';
@@ -31,6 +36,12 @@ export interface FrontendOptions {
   port: number;
   /** A stream from a decode worker that is silent this long fails with a timeout. */
   streamIdleTimeoutMs: number;
+  /** Transitions of this process's machines; the web UI at /ui shows them. */
+  inspection?: InspectionRecorder;
+  /** Metrics to record requests in and to serve on GET /metrics; without them there is no /metrics route. */
+  metrics?: TandemMetrics;
+  /** Source of trace and span ids for requests without a valid `traceparent`; default a stream split from `random`. */
+  traceRandom?: Random;
 }
 
 /** How long stop() lets cancelled requests send their error before it closes every connection. */
@@ -53,6 +64,7 @@ export class Frontend {
   /** Resolved when the last request in flight has answered (stop() waits on them). */
   private readonly drained: Array<() => void> = [];
   private address = '';
+  private traceRandom: Random | undefined;
 
   constructor(private readonly options: FrontendOptions) {
     this.router = new Router(options.discovery, options.engine.model.name);
@@ -124,7 +136,11 @@ export class Frontend {
       workers: { prefill: this.router.workers('prefill').length, decode: this.router.workers('decode').length },
       in_flight: this.inFlight.size,
     }));
-    app.get('/cluster', async () => ({ model: this.options.engine.model.name, in_flight: this.inFlight.size, workers: await this.clusterView() }));
+    const { metrics } = this.options;
+    if (metrics) app.get('/metrics', async (_request, reply) => reply.header('content-type', metrics.contentType).send(await metrics.exposition()));
+    const clusterView = async (): Promise<unknown> => ({ model: this.options.engine.model.name, in_flight: this.inFlight.size, workers: await this.clusterView() });
+    app.get('/cluster', clusterView);
+    if (this.options.inspection) registerUi(app, { mode: 'live', recorder: this.options.inspection, clock: this.options.clock, cluster: clusterView });
     app.get('/v1/models', async () => ({
       object: 'list',
       data: [{ id: this.options.engine.model.name, object: 'model', created: 0, owned_by: 'tandem' }],
@@ -172,13 +188,20 @@ export class Frontend {
       const failure = TandemError.from(error);
       const { status, body: errorBody } = httpError(failure, (error as { param?: string | null }).param ?? null);
       if (status >= 500) this.options.log.warn('refused a request', { code: failure.code, error: failure.message });
+      this.options.metrics?.recordRequest('failed', failure.code, undefined);
       await reply.status(status).send(errorBody);
       return;
     }
+    const startedAtMs = this.options.clock.now();
+    this.traceRandom ??= this.options.traceRandom ?? this.options.random.split('traceparent');
+    const header = request.headers.traceparent;
+    plan.traceparent = formatTraceparent(continueTrace(typeof header === 'string' ? header : undefined, this.traceRandom));
+    this.options.log.debug('request accepted', { request: plan.requestId, traceparent: plan.traceparent, prompt_tokens: plan.promptTokens.length });
     const controller = new AbortController();
     this.inFlight.add(controller);
     const shape = responseShape(kind, plan.requestId, plan.model, Math.floor(this.options.clock.now() / 1000));
-    const events = generate({ ...this.options, idleTimeoutMs: this.options.streamIdleTimeoutMs }, plan, controller.signal);
+    const generation = generate({ ...this.options, idleTimeoutMs: this.options.streamIdleTimeoutMs }, plan, controller.signal);
+    const events = this.options.metrics ? meteredGeneration(generation, this.options.metrics, this.options.clock, startedAtMs) : generation;
     // A client that goes away cancels its request, streamed or not.
     const onClose = (): void => {
       if (!reply.raw.writableFinished) controller.abort(new TandemError(ErrorCode.Cancelled, 'the client went away'));
@@ -189,7 +212,7 @@ export class Frontend {
       else await reply.send(await this.collect(events, shape));
     } catch (error) {
       const failure = TandemError.from(error);
-      this.options.log.info('request failed', { request: plan.requestId, code: failure.code, error: failure.message });
+      this.options.log.info('request failed', { request: plan.requestId, traceparent: plan.traceparent, code: failure.code, error: failure.message });
       if (!reply.sent && !reply.raw.headersSent) {
         const { status, body: errorBody } = httpError(failure);
         await reply.status(status).send(errorBody);

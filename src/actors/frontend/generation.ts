@@ -19,6 +19,8 @@ export interface GenerationPlan {
   /** Decode workers in order of preference; the next is tried when one has no responder. */
   decode: WorkerRecord[];
   prefill: WorkerRecord[];
+  /** W3C trace context carried to every actor that touches the request. */
+  traceparent?: string;
 }
 
 export type GenerationEvent =
@@ -41,6 +43,7 @@ export async function* generate(
     sampling: plan.sampling,
     prefill_candidates: plan.prefill.map((worker) => ({ instance_id: worker.instanceId, subject_prefix: worker.subjectPrefix })),
     ...(plan.deadlines ? { deadlines: plan.deadlines } : {}),
+    ...(plan.traceparent ? { traceparent: plan.traceparent } : {}),
   });
   const detokenizer = deps.engine.createDetokenizer();
   const stop = new StopMatcher(plan.stops);
@@ -51,6 +54,10 @@ export async function* generate(
       const message = decode(next.value, 'tokens', 'finish', 'error');
       if (message.t === 'error') throw TandemError.fromWire({ code: message.error.code as ErrorCode, message: message.error.message });
       if (message.t === 'finish') {
+        // A chunk lost on the way (a transport that dropped a message) must not pass as a shorter success.
+        if (message.completion_tokens !== received) {
+          throw new TandemError(ErrorCode.Closed, `the decode worker sent ${message.completion_tokens} tokens but ${received} arrived`);
+        }
         const text = stop.push(detokenizer.flush()) + stop.flush();
         if (text) yield { type: 'text', text };
         yield { type: 'finish', finishReason: message.finish_reason, promptTokens: message.prompt_tokens, completionTokens: message.completion_tokens };
