@@ -60,8 +60,11 @@ export function discoveryConformance(name: string, factory: () => Promise<Discov
 
     it('tells watchers of a registration and a deregistration, in that order, never synchronously', async () => {
       const { discovery, observer } = harness;
-      await discovery.register(worker('p1', 'prefill'));
+      // Watchers hear of a change later, never inside the call that made it; over a network the
+      // change may already have been seen by the time the call resolves.
+      const registering = discovery.register(worker('p1', 'prefill'));
       expect(events).toEqual([]);
+      await registering;
       await waitFor(() => events.length === 1, 5000, 'added');
       await discovery.deregister('p1');
       await waitFor(() => events.length === 2, 5000, 'removed');
