@@ -83,7 +83,14 @@ export class Frontend {
 
   async start(): Promise<void> {
     this.address = await this.app.listen({ host: this.options.host, port: this.options.port });
-    this.options.log.info('frontend listening', { url: this.address, model: this.options.engine.model.name, routes: '/v1/completions /v1/chat/completions /v1/models /health' });
+    this.options.log.info('frontend listening', { url: this.address, model: this.options.engine.model.name, routes: this.routeList() });
+  }
+
+  private routeList(): string {
+    const routes = ['/v1/completions', '/v1/chat/completions', '/v1/models', '/health', '/cluster'];
+    if (this.options.metrics) routes.push('/metrics');
+    if (this.options.inspection) routes.push('/ui');
+    return routes.join(' ');
   }
 
   /** Graceful shutdown: lets requests in flight finish for up to `timeoutMs`, then stops. */
