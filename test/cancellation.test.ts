@@ -151,7 +151,7 @@ describe('DecodeWorker cancelled during bootstrap', () => {
         return new Promise<Uint8Array>((resolve, reject) => {
           const onAbort = (): void => reject(signal?.reason);
           signal?.addEventListener('abort', onAbort, { once: true });
-          inner.request(subject, data, { timeoutMs: options.timeoutMs }).then(async (reply) => {
+          inner.request(subject, data, { timeoutMs: options.timeoutMs, headers: options.headers }).then(async (reply) => {
             grantsIssued++;
             await grantHeld.promise;
             signal?.removeEventListener('abort', onAbort);
@@ -159,7 +159,7 @@ describe('DecodeWorker cancelled during bootstrap', () => {
           }, reject);
         });
       },
-      publish: (subject, data) => inner.publish(subject, data),
+      publish: (subject, data, publishOptions) => inner.publish(subject, data, publishOptions),
       subscribe: (subject, handler, options) => inner.subscribe(subject, handler, options),
       stream: (subject, data, options) => inner.stream(subject, data, options),
       close: () => inner.close(),

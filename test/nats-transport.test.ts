@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { connect as connectRaw, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { realClock } from '../src/time/real-clock.js';
+import { AssertionError } from '../src/util/assert.js';
 import type { NatsTransportOptions } from '../src/transport/nats/connect-options.js';
 import { NatsTransport } from '../src/transport/nats/nats-transport.js';
 import { TransportError, type ReplyStream, type StreamWriter } from '../src/transport/transport.js';
@@ -492,6 +493,14 @@ describe('NatsTransport', () => {
     expect((error as TransportError).message).toMatch(/max_payload/);
     expect(() => consumer.publish('nats.huge.pub', new Uint8Array(2 * 1024 * 1024))).toThrow(/max_payload/);
     await expect(consumer.request('nats.huge.req', new Uint8Array(2 * 1024 * 1024), { timeoutMs: 100 })).rejects.toMatchObject({ kind: 'closed' });
+  });
+
+  it('refuses caller headers that would collide with the stream protocol, whatever their case', async () => {
+    const transport = await open();
+    const reserved = { 'tandem-stream-window': '1' };
+    expect(() => transport.publish('nats.reserved', bytes('x'), { headers: reserved })).toThrow(AssertionError);
+    await expect(async () => transport.request('nats.reserved', bytes('x'), { timeoutMs: 100, headers: { 'Tandem-Stream': '1' } })).rejects.toThrow(AssertionError);
+    expect(() => transport.stream('nats.reserved', bytes('x'), { idleTimeoutMs: 100, headers: reserved })).toThrow(AssertionError);
   });
 
   it('reports handler errors, thrown or rejected, and holds nothing once a mix of calls has finished', async () => {

@@ -1,7 +1,10 @@
+import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCluster, type Cluster } from '../src/index.js';
 import { realClock, seededRandom } from '../src/internal.js';
 import { pinoLogger } from '../src/log-pino.js';
+import { memoryBackends, type BackendsFactory } from '../src/runtime/backends.js';
+import { traceHeaders, withHeaderTraceparent } from '../src/trace/trace-headers.js';
 import { continueTrace, formatTraceparent, parseTraceparent } from '../src/trace/traceparent.js';
 import { waitForIdle } from './helpers/cluster-idle.js';
 
@@ -41,6 +44,31 @@ describe('parseTraceparent', () => {
     const fresh = formatTraceparent(continueTrace('garbage', seededRandom(1)));
     expect(parseTraceparent(fresh)?.flags).toBe('01');
     expect(fresh).toBe(formatTraceparent(continueTrace(undefined, seededRandom(1))));
+  });
+});
+
+describe('withHeaderTraceparent', () => {
+  const message = (headers: Record<string, string>) => ({
+    subject: 'x',
+    data: new Uint8Array(),
+    expectsReply: false,
+    isStream: false,
+    headers,
+    respond: () => {},
+    openStream: () => {
+      throw new Error('not a stream');
+    },
+  });
+
+  it('prefers the transport header over the body field, and falls back to the field without one', () => {
+    const other = '00-11111111111111111111111111111111-2222222222222222-01';
+    const bare: { request_id: string; traceparent?: string } = { request_id: 'r' };
+    expect(withHeaderTraceparent({ request_id: 'r', traceparent: other }, message({ traceparent: clientTrace })).traceparent).toBe(clientTrace);
+    expect(withHeaderTraceparent(bare, message({ traceparent: clientTrace })).traceparent).toBe(clientTrace);
+    expect(withHeaderTraceparent({ request_id: 'r', traceparent: other }, message({})).traceparent).toBe(other);
+    expect(withHeaderTraceparent(bare, message({})).traceparent).toBeUndefined();
+    expect(traceHeaders(undefined)).toBeUndefined();
+    expect(traceHeaders(clientTrace)).toEqual({ traceparent: clientTrace });
   });
 });
 
@@ -114,6 +142,76 @@ describe('traceparent through the cluster', () => {
       expect(values.size).toBe(1);
       const [value] = [...values];
       expect(parseTraceparent(value as string)).toBeDefined();
+    }
+  });
+});
+
+describe('traceparent through transport headers', () => {
+  let cluster: Cluster;
+  const lines: LogLine[] = [];
+  /** Message types that went out with a `traceparent` header. */
+  const headed = new Set<string>();
+  const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+
+  /** Drops the body's `traceparent` field wherever the header carries it, so only the header path is left. */
+  const stripField = (data: Uint8Array, headers: Readonly<Record<string, string>> | undefined): Uint8Array => {
+    if (!headers?.traceparent) return data;
+    const { traceparent, ...body } = packr.unpack(data) as Record<string, unknown>;
+    expect(traceparent).toBe(headers.traceparent);
+    headed.add(String(body.t));
+    return packr.pack(body);
+  };
+
+  const headerOnly: BackendsFactory = async (context) => {
+    const backends = await memoryBackends(context);
+    const inner = backends.transport;
+    return {
+      name: backends.name,
+      discovery: backends.discovery,
+      fabric: (instanceId) => backends.fabric(instanceId),
+      close: () => backends.close(),
+      transport: {
+        request: (subject, data, options) => inner.request(subject, stripField(data, options.headers), options),
+        publish: (subject, data, options) => inner.publish(subject, stripField(data, options?.headers), options),
+        stream: (subject, data, options) => inner.stream(subject, stripField(data, options.headers), options),
+        subscribe: (subject, handler, options) => inner.subscribe(subject, handler, options),
+        close: () => inner.close(),
+      },
+    };
+  };
+
+  beforeAll(async () => {
+    const destination = { write: (chunk: string) => void lines.push(JSON.parse(chunk) as LogLine) };
+    cluster = await createCluster({
+      port: 0,
+      seed: 6,
+      engine: { speedup: Infinity },
+      backends: headerOnly,
+      log: pinoLogger({ level: 'debug', clock: realClock, destination }),
+    });
+  });
+
+  afterAll(async () => {
+    await cluster?.close();
+  });
+
+  it('propagates the trace to decode and prefill when only the header carries it', async () => {
+    const response = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', traceparent: clientTrace },
+      body: JSON.stringify({ model, prompt: 'Follow me', max_tokens: 4, ignore_eos: true }),
+    });
+    expect(response.status).toBe(200);
+    const { id } = (await response.json()) as { id: string };
+    await waitForIdle(cluster);
+    expect([...headed].sort()).toEqual(['bootstrap_request', 'generate', 'prefill_request', 'release_request']);
+    const about = lines.filter((line) => line.request === id);
+    const decode = about.filter((line) => String(line.worker).startsWith('decode-'));
+    const prefill = about.filter((line) => String(line.worker).startsWith('prefill-'));
+    expect(decode.length).toBeGreaterThan(0);
+    expect(prefill.length).toBeGreaterThan(0);
+    for (const line of [...decode, ...prefill]) {
+      expect(parseTraceparent(line.traceparent as string)?.traceId, line.msg).toBe('4bf92f3577b34da6a3ce929d0e0e4736');
     }
   });
 });

@@ -490,5 +490,39 @@ export function transportConformance(name: string, make: () => Promise<Transport
         await eventually(() => expect(seen).toEqual(['a', 'b']));
       });
     });
+
+    describe('headers', () => {
+      it('carries the sender headers to the handler by request, publish and stream, and an empty object when none', async () => {
+        const seen: Record<string, Readonly<Record<string, string>>> = {};
+        peer.subscribe('conf.headers.req', (message) => {
+          seen[`request:${text(message.data)}`] = message.headers;
+          message.respond(bytes('ok'));
+        });
+        peer.subscribe('conf.headers.pub', (message) => {
+          seen[`publish:${text(message.data)}`] = message.headers;
+        });
+        serveStream('conf.headers.stream', (writer, message) => {
+          seen['stream'] = message.headers;
+          writer.end();
+        });
+        await settle();
+        const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+        const headers = { traceparent, 'X-Tenant': 'a b' };
+        await transport.request('conf.headers.req', bytes('with'), { timeoutMs: 1000, headers });
+        await transport.request('conf.headers.req', bytes('without'), { timeoutMs: 1000 });
+        transport.publish('conf.headers.pub', bytes('with'), { headers });
+        transport.publish('conf.headers.pub', bytes('without'));
+        await collect(transport.stream('conf.headers.stream', bytes('go'), { idleTimeoutMs: 1000, headers }));
+        await eventually(() => expect(Object.keys(seen)).toHaveLength(5));
+        expect(seen).toEqual({
+          'request:with': headers,
+          'request:without': {},
+          'publish:with': headers,
+          'publish:without': {},
+          // The stream protocol's own headers stay inside the transport.
+          stream: headers,
+        });
+      });
+    });
   });
 }

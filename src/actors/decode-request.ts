@@ -8,9 +8,11 @@ import type { Deadlines } from '../limits.js';
 import type { Logger } from '../log.js';
 import { localRequestMachine } from '../machines/local-request-machine.js';
 import { requestMachine, type FinishReason, type RequestContext, type RequestEvent, type RequestOutput, type RoomGrant } from '../machines/request-machine.js';
+import { composeInspectors, type Inspector } from '../metrics/request-state-inspector.js';
 import { decode, encode } from '../protocol/codec.js';
 import type { MessageOf } from '../protocol/messages.js';
 import { subjects } from '../protocol/subjects.js';
+import { traceHeaders } from '../trace/trace-headers.js';
 import { TransportError, type StreamWriter } from '../transport/transport.js';
 import type { DecodeBatcher } from './decode-batcher.js';
 import type { DecodeWorkerOptions } from './decode-worker.js';
@@ -75,6 +77,8 @@ export class DecodeRequest {
   private room: number | undefined;
   /** Logs with the request id and trace context on every line. */
   private readonly log: Logger;
+  /** The worker's inspector and this request's span maker, when either is configured. */
+  private readonly inspect: Inspector | undefined;
 
   constructor(
     private readonly deps: DecodeRequestDeps,
@@ -85,6 +89,7 @@ export class DecodeRequest {
     this.sampling = samplingFromWire(body.sampling);
     this.deadlines = deadlinesFrom(deps.deadlines, body.deadlines);
     this.log = deps.log.child({ request: body.request_id, ...(body.traceparent ? { traceparent: body.traceparent } : {}) });
+    this.inspect = composeInspectors(deps.inspect, deps.requestTracer?.forRequest(body.request_id, body.traceparent, deps.instanceId));
     this.actor = deps.prefillLocally ? this.createLocalActor() : this.createDisaggregatedActor();
   }
 
@@ -107,7 +112,7 @@ export class DecodeRequest {
   private createDisaggregatedActor(): AnyActorRef {
     return createActor(this.deps.machines.disaggregated, {
       clock: this.deps.clock,
-      inspect: this.deps.inspect,
+      inspect: this.inspect,
       input: {
         requestId: this.body.request_id,
         candidates: this.body.prefill_candidates.map((c) => ({ instanceId: c.instance_id, subjectPrefix: c.subject_prefix })),
@@ -118,7 +123,7 @@ export class DecodeRequest {
   }
 
   private createLocalActor(): AnyActorRef {
-    return createActor(this.deps.machines.local, { clock: this.deps.clock, inspect: this.deps.inspect, input: { requestId: this.requestId, deadlines: this.deadlines } });
+    return createActor(this.deps.machines.local, { clock: this.deps.clock, inspect: this.inspect, input: { requestId: this.requestId, deadlines: this.deadlines } });
   }
 
   /** Returns every page and room the request holds, fencing pages whose transfer may still write. */
@@ -184,7 +189,7 @@ export class DecodeRequest {
     const request = encode('bootstrap_request', { request_id: this.requestId, decode_id: this.deps.instanceId, model: this.body.model, ...this.traceFields() });
     // The request is not aborted with the machine: prefill may already be granting the room, and a
     // grant nobody receives would stay reserved until it expires. A late grant is handed back below.
-    const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs }), 'bootstrap_grant', 'error');
+    const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs, headers: traceHeaders(this.body.traceparent) }), 'bootstrap_grant', 'error');
     if (reply.t === 'error') throw wireToError(reply.error);
     if (reply.prefill_id !== candidate.instanceId || reply.request_id !== this.requestId) {
       throw new TandemError(ErrorCode.InvalidMessage, `bootstrap grant from ${reply.prefill_id} for ${reply.request_id} does not match the request`);
@@ -219,7 +224,7 @@ export class DecodeRequest {
     this.prefillRequested = true;
     let answer: Uint8Array;
     try {
-      answer = await deps.transport.request(subjects.prefill(grant.subjectPrefix), request, { timeoutMs: this.deadlines.prefillMs, signal });
+      answer = await deps.transport.request(subjects.prefill(grant.subjectPrefix), request, { timeoutMs: this.deadlines.prefillMs, signal, headers: traceHeaders(this.body.traceparent) });
     } catch (error) {
       // Nobody was subscribed: the request, and the page list in it, reached no prefill worker.
       if (error instanceof TransportError && error.kind === 'no_responders') this.prefillRequested = false;

@@ -11,6 +11,8 @@ import type { TandemMetrics } from '../metrics/tandem-metrics.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
 import { waitUntil, type Clock } from '../time/clock.js';
+import type { RequestTracer } from '../trace/otel.js';
+import { withHeaderTraceparent } from '../trace/trace-headers.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { DecodeBatcher } from './decode-batcher.js';
 import { DecodeRequest, disaggregatedLogic, localLogic, type DecodeRequestDeps, type RequestLogic } from './decode-request.js';
@@ -40,6 +42,8 @@ export interface DecodeWorkerOptions {
   inspect?: (event: InspectionEvent) => void;
   /** Where requests record inter-token latency; optional. */
   metrics?: TandemMetrics;
+  /** Makes OpenTelemetry spans per request and state; absent (the default) makes none. */
+  requestTracer?: RequestTracer;
 }
 
 /** Counters and gauges of a decode worker. */
@@ -198,7 +202,7 @@ export class DecodeWorker {
     };
     let body;
     try {
-      body = decode(message.data, 'generate');
+      body = withHeaderTraceparent(decode(message.data, 'generate'), message);
     } catch (error) {
       this.counters.invalidMessages++;
       this.options.log.warn('refused a malformed generate request', { error: String(error) });

@@ -10,6 +10,7 @@ import { decode, encode } from '../protocol/codec.js';
 import { subjects, workerPrefix } from '../protocol/subjects.js';
 import type { Random } from '../random/random.js';
 import { waitUntil, type Clock } from '../time/clock.js';
+import { withHeaderTraceparent } from '../trace/trace-headers.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { FabricLinks } from './fabric-links.js';
 import { PrefillRoom, roomLogic, type RoomDeps } from './prefill-room.js';
@@ -142,7 +143,7 @@ export class PrefillWorker {
   }
 
   private onBootstrap(message: InboundMessage): void {
-    const body = decode(message.data, 'bootstrap_request');
+    const body = withHeaderTraceparent(decode(message.data, 'bootstrap_request'), message);
     if (!this.accepting) throw new TandemError(ErrorCode.ShuttingDown, 'the prefill worker is stopping');
     if (body.model !== this.options.engine.model.name) {
       throw new TandemError(ErrorCode.ModelNotFound, `this worker serves '${this.options.engine.model.name}', not '${body.model}'`);
@@ -158,14 +159,14 @@ export class PrefillWorker {
   }
 
   private onPrefill(message: InboundMessage): void {
-    const body = decode(message.data, 'prefill_request');
+    const body = withHeaderTraceparent(decode(message.data, 'prefill_request'), message);
     const room = this.roomFor(body);
     room.begin(body);
     message.respond(encode('prefill_started', { request_id: body.request_id, prefill_id: body.prefill_id, epoch: body.epoch, room: body.room }));
   }
 
   private onRelease(message: InboundMessage): void {
-    const body = decode(message.data, 'release_request');
+    const body = withHeaderTraceparent(decode(message.data, 'release_request'), message);
     const ack = encode('release_ack', { request_id: body.request_id, prefill_id: body.prefill_id, epoch: body.epoch, room: body.room });
     if (body.prefill_id === this.options.instanceId && body.epoch === this.options.epoch && this.retiredRooms.has(body.room)) {
       message.respond(ack);

@@ -7,6 +7,7 @@ import type { RoomGrant } from '../machines/request-machine.js';
 import { decode, encode } from '../protocol/codec.js';
 import { subjects } from '../protocol/subjects.js';
 import { sleep, type Clock } from '../time/clock.js';
+import { traceHeaders } from '../trace/trace-headers.js';
 import type { Transport } from '../transport/transport.js';
 
 /** Longest pause between two requests for an abort acknowledgement. */
@@ -114,7 +115,7 @@ export class RoomFence {
       ...(traceparent ? { traceparent } : {}),
     });
     const reply = decode(
-      await this.deps.transport.request(subjects.release(grant.subjectPrefix), request, { timeoutMs: this.deps.deadlines.cleanupMs, signal }),
+      await this.deps.transport.request(subjects.release(grant.subjectPrefix), request, { timeoutMs: this.deps.deadlines.cleanupMs, signal, headers: traceHeaders(traceparent) }),
       'release_ack',
       'error',
     );

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { ConsoleSpanExporter } from '@opentelemetry/sdk-trace-base';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Deadlines } from '../limits.js';
 import { consoleLogger, logLevels, type Logger, type LogLevel } from '../log.js';
@@ -38,6 +39,7 @@ function withCommonOptions(command: Command): Command {
     .addOption(new Option('--seed <n>', 'seed of ids, rooms and default sampling seeds').argParser(integer(0)))
     .addOption(new Option('--log-level <level>', 'log level').choices([...logLevels]).default('info').env('TANDEM_LOG_LEVEL'))
     .addOption(new Option('--log-format <format>', 'text (key=value lines) or json (one JSON object per line, pino)').choices(['text', 'json']).default('text').env('TANDEM_LOG_FORMAT'))
+    .addOption(new Option('--otel-console', "print an OpenTelemetry span per request and request-machine state of this process's decode workers to stdout; off by default"))
     .addOption(new Option('--drain-timeout-ms <ms>', 'on SIGTERM/SIGINT, how long requests in flight may finish').default(10_000).argParser(integer(0)))
     .addOption(
       new Option('--deadlines <json>', `per-state deadlines in ms, e.g. '{"transfer_ms":5000}' (states: ${deadlineStates.join(', ')})`)
@@ -137,6 +139,7 @@ function baseConfig(options: Options): ClusterConfig {
     log: loggerFor(options),
     deadlines: options.deadlines as Partial<Deadlines> | undefined,
     trace: traceConfig(options),
+    ...(options.otelConsole === true ? { otel: { exporter: new ConsoleSpanExporter() } } : {}),
     engine: {
       modelName: options.modelName as string,
       speedup: options.speedup as number,

@@ -13,6 +13,7 @@ import { TandemMetrics } from '../metrics/tandem-metrics.js';
 import { seededRandom } from '../random/random.js';
 import type { Clock } from '../time/clock.js';
 import { realClock, realSeed } from '../time/real-clock.js';
+import { RequestTracer, type OtelOptions } from '../trace/otel.js';
 import { memoryBackends, type BackendsFactory } from './backends.js';
 
 /** Options of the sim engine each worker runs (the clock is the cluster's). */
@@ -60,6 +61,8 @@ export interface ClusterConfig {
   epoch?: number;
   /** Where transport, discovery and fabrics come from; default in-process (memory, sim fabric). */
   backends?: BackendsFactory;
+  /** OpenTelemetry spans per request and request-machine state on decode workers; off when absent. */
+  otel?: OtelOptions;
   /** The inspection feed of this process's request and room machines (the web UI reads its ring). */
   trace?: {
     /** Also append every transition to this JSONL file. */
@@ -138,6 +141,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
       }),
     );
   }
+  const requestTracer = config.otel ? new RequestTracer({ exporter: config.otel.exporter, clock }) : undefined;
   const decode: DecodeWorker[] = [];
   for (let i = 0; i < decodeCount; i++) {
     const instanceId = `decode-${tag}${i}-${ids.id(6)}`;
@@ -158,6 +162,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         prefillLocally: mode === 'aggregated',
         inspect: composeInspectors(inspection.forWorker(instanceId), stateTimer),
         metrics,
+        ...(requestTracer ? { requestTracer } : {}),
       }),
     );
   }
@@ -200,6 +205,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
     }
     await backends.close();
     await traceFile?.close();
+    await requestTracer?.shutdown();
   };
   return {
     url: frontend?.url ?? '',

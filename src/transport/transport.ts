@@ -38,7 +38,12 @@ export interface InboundMessage {
   openStream(): StreamWriter;
   /** True when the sender opened a stream rather than a single request. */
   readonly isStream: boolean;
+  /** Headers the sender attached (e.g. `traceparent`); an empty object when none. */
+  readonly headers: Readonly<Record<string, string>>;
 }
+
+/** Headers a sender attaches to a message; names are case-sensitive and values single strings. */
+export type MessageHeaders = Readonly<Record<string, string>>;
 
 export type MessageHandler = (message: InboundMessage) => void;
 
@@ -60,6 +65,8 @@ export interface RequestOptions {
   timeoutMs: number;
   /** Aborts the wait (the reply, if it comes, is dropped). */
   signal?: AbortSignal;
+  /** Headers delivered with the request (e.g. `traceparent`). */
+  headers?: MessageHeaders;
 }
 
 /** Options of a streamed request. */
@@ -68,6 +75,14 @@ export interface StreamOptions {
   idleTimeoutMs: number;
   /** Cancels the stream when aborted. */
   signal?: AbortSignal;
+  /** Headers delivered with the stream request (e.g. `traceparent`). */
+  headers?: MessageHeaders;
+}
+
+/** Options of a published message. */
+export interface PublishOptions {
+  /** Headers delivered with the message (e.g. `traceparent`). */
+  headers?: MessageHeaders;
 }
 
 /** Options of a subscription. */
@@ -84,7 +99,7 @@ export interface Transport {
   /** Sends a request and resolves with the first reply. */
   request(subject: string, data: Uint8Array, options: RequestOptions): Promise<Uint8Array>;
   /** Fire-and-forget delivery to every subscriber (one per queue group). */
-  publish(subject: string, data: Uint8Array): void;
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): void;
   /** Subscribes a handler to an exact subject. */
   subscribe(subject: string, handler: MessageHandler, options?: SubscribeOptions): Subscription;
   /** Opens a streamed reply: the responder calls `openStream()` and writes chunks. */

@@ -4,7 +4,7 @@ import { MemoryDiscovery, MemoryTransport, SimFabricNetwork, realClock } from '.
 import type { BackendsFactory } from '../../src/runtime/backends.js';
 import type { Deadlines } from '../../src/limits.js';
 import type { Clock } from '../../src/time/clock.js';
-import type { InboundMessage, MessageHandler, ReplyStream, RequestOptions, StreamOptions, SubscribeOptions, Subscription, Transport } from '../../src/transport/transport.js';
+import type { InboundMessage, MessageHandler, PublishOptions, ReplyStream, RequestOptions, StreamOptions, SubscribeOptions, Subscription, Transport } from '../../src/transport/transport.js';
 
 /** The protocol messages a gate may deliver twice. */
 export type DuplicableKind = 'bootstrap' | 'prefill' | 'release';
@@ -84,8 +84,8 @@ export class ScheduledTransport implements Transport {
     return this.inner.request(subject, data, options);
   }
 
-  publish(subject: string, data: Uint8Array): void {
-    this.inner.publish(subject, data);
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): void {
+    this.inner.publish(subject, data, options);
   }
 
   stream(subject: string, data: Uint8Array, options: StreamOptions): ReplyStream {
@@ -120,6 +120,7 @@ export class ScheduledTransport implements Transport {
       data: message.data,
       expectsReply: message.expectsReply,
       isStream: message.isStream,
+      headers: message.headers,
       respond: (data) => {
         const copy = new Uint8Array(data);
         gate.reply(`reply ${message.subject}`, () => message.respond(copy));

@@ -4,6 +4,7 @@ import { ErrorCode, TandemError } from '../../errors.js';
 import { decode, encode } from '../../protocol/codec.js';
 import type { MessageOf, WireSampling } from '../../protocol/messages.js';
 import { subjects } from '../../protocol/subjects.js';
+import { traceHeaders } from '../../trace/trace-headers.js';
 import { TransportError, type Transport } from '../../transport/transport.js';
 import { StopMatcher } from './stop-matcher.js';
 
@@ -89,7 +90,7 @@ async function openFirstResponding(deps: { transport: Transport; idleTimeoutMs: 
   for (let i = 0; ; i++) {
     const worker = plan.decode[i];
     if (!worker) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
-    const stream = deps.transport.stream(subjects.generate(worker.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal });
+    const stream = deps.transport.stream(subjects.generate(worker.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal, headers: traceHeaders(plan.traceparent) });
     const chunks = stream[Symbol.asyncIterator]();
     try {
       return { stream, chunks, first: await chunks.next() };

@@ -9,11 +9,18 @@ export type ReplyPath =
   | { kind: 'stream'; stream: MemoryStream };
 
 /** The message one subscriber sees; `data` must already be that subscriber's own copy. */
-export function inboundMessage(subject: string, data: Uint8Array, path: ReplyPath): InboundMessage {
+export function inboundMessage(
+  subject: string,
+  data: Uint8Array,
+  path: ReplyPath,
+  headers: Readonly<Record<string, string>> = {},
+): InboundMessage {
   let writer: StreamWriter | undefined;
   return {
     subject,
     data,
+    // Each subscriber gets its own frozen copy, as with `data`, so no two actors share an object.
+    headers: Object.freeze({ ...headers }),
     expectsReply: path.kind !== 'none',
     isStream: path.kind === 'stream',
     respond: (reply) => {

@@ -5,6 +5,8 @@ import {
   TransportError,
   type InboundMessage,
   type MessageHandler,
+  type MessageHeaders,
+  type PublishOptions,
   type ReplyStream,
   type RequestOptions,
   type StreamOptions,
@@ -114,14 +116,14 @@ export class MemoryTransport implements Transport {
         const copy = new Uint8Array(reply);
         this.timers.schedule(() => entry.reply(copy), this.deliveryDelayMs);
       };
-      this.deliver(subject, targets, data, { kind: 'request', respond });
+      this.deliver(subject, targets, data, { kind: 'request', respond }, options.headers);
     });
   }
 
-  publish(subject: string, data: Uint8Array): void {
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): void {
     if (this.closed) throw closedError();
     assertExactSubject(subject);
-    this.deliver(subject, this.routes.pick(subject), data, { kind: 'none' });
+    this.deliver(subject, this.routes.pick(subject), data, { kind: 'none' }, options?.headers);
   }
 
   subscribe(subject: string, handler: MessageHandler, options?: SubscribeOptions): Subscription {
@@ -162,7 +164,7 @@ export class MemoryTransport implements Transport {
     }
     this.streams.add(stream);
     stream.start();
-    this.deliver(subject, targets, data, { kind: 'stream', stream });
+    this.deliver(subject, targets, data, { kind: 'stream', stream }, options.headers);
     return stream.consumer;
   }
 
@@ -177,9 +179,18 @@ export class MemoryTransport implements Transport {
   }
 
   /** Hands each target its own copy after one hop; a throwing handler never stops the others. */
-  private deliver(subject: string, targets: readonly Route[], data: Uint8Array, path: ReplyPath): void {
+  private deliver(
+    subject: string,
+    targets: readonly Route[],
+    data: Uint8Array,
+    path: ReplyPath,
+    headers: MessageHeaders | undefined,
+  ): void {
     if (targets.length === 0) return;
-    const messages = targets.map((route) => ({ route, message: inboundMessage(subject, new Uint8Array(data), path) }));
+    const messages = targets.map((route) => ({
+      route,
+      message: inboundMessage(subject, new Uint8Array(data), path, headers),
+    }));
     this.timers.schedule(() => {
       for (const { route, message } of messages) {
         if (route.active) this.runHandler(route, message);

@@ -34,8 +34,9 @@
 // TransportError('closed') and fails the stream.
 import { headers as natsHeaders, type Msg, type MsgHdrs } from '@nats-io/transport-node';
 import type { Clock } from '../../time/clock.js';
-import { TransportError, type ReplyStream } from '../transport.js';
+import { TransportError, type MessageHeaders, type ReplyStream } from '../transport.js';
 import { Deadline } from './deadline.js';
+import { toNatsHeaders } from './message-headers.js';
 import { toTransportError } from './nats-errors.js';
 import { FrameKind, decodeFrame, encodeFrame, type Frame } from './stream-frame.js';
 
@@ -74,9 +75,10 @@ export interface StreamRequestParams {
   heartbeatMs: number;
 }
 
-/** The headers of a stream request. */
-export function streamRequestHeaders(params: StreamRequestParams): MsgHdrs {
+/** The headers of a stream request: the caller's, then the protocol's own, which callers cannot override. */
+export function streamRequestHeaders(params: StreamRequestParams, callerHeaders?: MessageHeaders): MsgHdrs {
   const result = natsHeaders();
+  toNatsHeaders(callerHeaders, result);
   result.set(streamHeader, '1');
   result.set(windowHeader, String(params.windowMax));
   result.set(heartbeatHeader, String(params.heartbeatMs));
@@ -117,6 +119,8 @@ export interface NatsStreamOptions {
   idleTimeoutMs: number;
   /** Cancels the stream when aborted; the iteration then throws the signal's reason. */
   signal: AbortSignal | undefined;
+  /** The caller's headers, sent with the stream request next to the protocol's. */
+  headers: MessageHeaders | undefined;
   /** Runs once when the stream settles, so the transport stops tracking it. */
   onSettled: () => void;
 }
@@ -184,7 +188,7 @@ export class NatsStream {
   /** Subscribes the inbox and sends the request; failures go to the iteration. */
   start(data: Uint8Array): void {
     if (this.outcome) return;
-    const { signal, link, subject, windowMax, heartbeatMs, idleTimeoutMs } = this.options;
+    const { signal, link, subject, windowMax, heartbeatMs, idleTimeoutMs, headers } = this.options;
     if (signal?.aborted) {
       this.fail(signal.reason);
       return;
@@ -192,7 +196,7 @@ export class NatsStream {
     signal?.addEventListener('abort', this.onAbort, { once: true });
     try {
       this.subscription = link.subscribeInbox(this.inbox, (msg) => this.onMessage(msg));
-      link.publish(subject, data, { reply: this.inbox, headers: streamRequestHeaders({ windowMax, heartbeatMs }) });
+      link.publish(subject, data, { reply: this.inbox, headers: streamRequestHeaders({ windowMax, heartbeatMs }, headers) });
     } catch (error) {
       this.fail(toTransportError(error, `stream on ${subject}`));
       return;

@@ -5,6 +5,7 @@ import {
   TransportError,
   type InboundMessage,
   type MessageHandler,
+  type PublishOptions,
   type ReplyStream,
   type RequestOptions,
   type StreamOptions,
@@ -14,6 +15,7 @@ import {
   type Transport,
 } from '../transport.js';
 import { resolveNatsTransportOptions, toNodeConnectionOptions, type NatsTransportOptions, type ResolvedNatsTransportOptions } from './connect-options.js';
+import { assertCallerHeaders, fromNatsHeaders, headerBytes, toNatsHeaders } from './message-headers.js';
 import { connectError, toTransportError } from './nats-errors.js';
 import { NatsStream, parseStreamRequest, streamHeader, type InboxSubscription, type StreamLink } from './nats-stream.js';
 import { NatsStreamWriter } from './nats-stream-writer.js';
@@ -126,8 +128,9 @@ export class NatsTransport implements Transport {
     assertExactSubject(subject);
     const { signal, timeoutMs } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const tooLarge = this.checkPayload(data, `request on ${subject}`);
+    const tooLarge = this.checkPayload(data, `request on ${subject}`, headerBytes(options.headers));
     if (tooLarge) return Promise.reject(tooLarge);
+    const headers = toNatsHeaders(options.headers);
     return new Promise<Uint8Array>((resolve, reject) => {
       const settle = (finish: () => void): void => {
         if (!this.pending.delete(entry)) return;
@@ -140,7 +143,7 @@ export class NatsTransport implements Transport {
       signal?.addEventListener('abort', onAbort, { once: true });
       // The library's own timer enforces the timeout; an abort or close only stops us waiting for it.
       // Once close() has begun, the request fails with closed when close() is done, whatever the library says meanwhile.
-      this.connection.request(subject, new Uint8Array(data), { timeout: Math.max(1, Math.ceil(timeoutMs)), noMux: false }).then(
+      this.connection.request(subject, new Uint8Array(data), { timeout: Math.max(1, Math.ceil(timeoutMs)), noMux: false, headers }).then(
         (reply) => {
           if (!this.closed) settle(() => resolve(reply.data.slice()));
         },
@@ -151,13 +154,14 @@ export class NatsTransport implements Transport {
     });
   }
 
-  publish(subject: string, data: Uint8Array): void {
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): void {
     if (this.closed) throw closedError();
     assertExactSubject(subject);
-    const tooLarge = this.checkPayload(data, `publish on ${subject}`);
+    const tooLarge = this.checkPayload(data, `publish on ${subject}`, headerBytes(options?.headers));
     if (tooLarge) throw tooLarge;
+    const headers = toNatsHeaders(options?.headers);
     try {
-      this.connection.publish(subject, new Uint8Array(data));
+      this.connection.publish(subject, new Uint8Array(data), { headers });
     } catch (error) {
       throw toTransportError(error, `publish on ${subject}`);
     }
@@ -189,6 +193,7 @@ export class NatsTransport implements Transport {
   }
 
   stream(subject: string, data: Uint8Array, options: StreamOptions): ReplyStream {
+    assertCallerHeaders(options.headers);
     const stream = new NatsStream({
       subject,
       link: this.link,
@@ -197,6 +202,7 @@ export class NatsTransport implements Transport {
       heartbeatsMissedMax: this.options.streamHeartbeatsMissedMax,
       idleTimeoutMs: options.idleTimeoutMs,
       signal: options.signal,
+      headers: options.headers,
       onSettled: () => this.streams.delete(stream),
     });
     // Failures are reported through the iteration, where a stream's consumer already handles them.
@@ -205,7 +211,7 @@ export class NatsTransport implements Transport {
       return stream.consumer;
     }
     assertExactSubject(subject);
-    const tooLarge = this.checkPayload(data, `stream on ${subject}`, streamRequestHeaderBytesMax);
+    const tooLarge = this.checkPayload(data, `stream on ${subject}`, streamRequestHeaderBytesMax + headerBytes(options.headers));
     if (tooLarge) {
       stream.fail(tooLarge);
       return stream.consumer;
@@ -291,6 +297,7 @@ export class NatsTransport implements Transport {
       data: msg.data.slice(),
       expectsReply: reply !== '',
       isStream,
+      headers: fromNatsHeaders(headers),
       respond: (data) => {
         if (isStream || reply === '' || answered || this.closed) return;
         const tooLarge = this.checkPayload(data, `reply on ${subject}`);
