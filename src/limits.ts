@@ -25,6 +25,10 @@ export const defaultLimits = {
   streamBufferMax: 16_384,
   /** Stop sequences a request may carry. */
   stopSequencesMax: 4,
+  /** KV blocks the router's indexer tracks per worker; past it the worker's oldest-stored block is forgotten. */
+  kvIndexBlocksPerWorkerMax: 65_536,
+  /** Workers the router's KV indexer tracks; events from further workers are refused and counted. */
+  kvIndexWorkersMax: 1024,
 } as const;
 
 export type Limits = { -readonly [K in keyof typeof defaultLimits]: number };

@@ -1,0 +1,76 @@
+import type { Random } from '../random/random.js';
+import { assert } from '../util/assert.js';
+
+/** A candidate worker and its current decode load. */
+export interface WorkerCandidate {
+  /** The worker's id, as used in the KV indexer. */
+  worker: string;
+  /** KV blocks held by the sequences it is decoding now. */
+  activeDecodeBlocks: number;
+}
+
+/** Weights of the KV-aware cost; configurable per deployment and per request. */
+export interface KvSelectionOptions {
+  /** Cost of one block of prefill the worker does not have cached, relative to one active decode block. Default 1. */
+  overlapWeight?: number;
+  /** Softmax temperature over normalised costs; 0 (the default) always picks a lowest-cost worker. */
+  temperature?: number;
+}
+
+/** A candidate with its cost. */
+export interface WorkerCost {
+  /** The worker's id. */
+  worker: string;
+  /** `overlapWeight × uncachedPrefillBlocks + activeDecodeBlocks`; lower is better. */
+  cost: number;
+}
+
+/**
+ * Prices each candidate for a request of `requestBlocks` full blocks, given the matched prefix
+ * lengths from `KvIndexer.match` (a worker absent from `matched` has nothing cached).
+ */
+export function workerCosts(
+  candidates: readonly WorkerCandidate[],
+  requestBlocks: number,
+  matched: ReadonlyMap<string, number>,
+  overlapWeight = 1,
+): WorkerCost[] {
+  assert(requestBlocks >= 0 && overlapWeight >= 0, 'requestBlocks and overlapWeight must not be negative');
+  return candidates.map(({ worker, activeDecodeBlocks }) => {
+    const cachedBlocks = Math.min(matched.get(worker) ?? 0, requestBlocks);
+    return { worker, cost: overlapWeight * (requestBlocks - cachedBlocks) + activeDecodeBlocks };
+  });
+}
+
+/**
+ * Picks the worker to send a request to: the lowest cost wins, ties broken by `random`; with a
+ * positive temperature, a softmax over costs normalised to [0, 1] spreads load across near-ties.
+ * Returns undefined when there are no candidates.
+ */
+export function selectKvAwareWorker(
+  candidates: readonly WorkerCandidate[],
+  requestBlocks: number,
+  matched: ReadonlyMap<string, number>,
+  random: Random,
+  options: KvSelectionOptions = {},
+): string | undefined {
+  const temperature = options.temperature ?? 0;
+  assert(temperature >= 0, `temperature must not be negative, got ${temperature}`);
+  const costs = workerCosts(candidates, requestBlocks, matched, options.overlapWeight ?? 1);
+  if (costs.length === 0) return undefined;
+  const minCost = Math.min(...costs.map((c) => c.cost));
+  if (temperature === 0) {
+    const lowest = costs.filter((c) => c.cost === minCost);
+    return lowest[random.int(lowest.length)]!.worker;
+  }
+  // Normalising makes the temperature mean the same thing whatever the scale of the costs.
+  const range = Math.max(...costs.map((c) => c.cost)) - minCost || 1;
+  const weights = costs.map((c) => Math.exp(-(c.cost - minCost) / range / temperature));
+  const total = weights.reduce((sum, w) => sum + w, 0);
+  let draw = random.next() * total;
+  for (let i = 0; i < costs.length; i++) {
+    draw -= weights[i]!;
+    if (draw < 0) return costs[i]!.worker;
+  }
+  return costs[costs.length - 1]!.worker;
+}
