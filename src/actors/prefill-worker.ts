@@ -1,15 +1,17 @@
 import type { InspectionEvent } from 'xstate';
 import type { Discovery } from '../discovery/discovery.js';
-import type { Engine } from '../engine/engine.js';
+import type { Engine, EngineKvEvent } from '../engine/engine.js';
 import { ErrorCode, TandemError } from '../errors.js';
 import type { Fabric } from '../fabric/fabric.js';
 import type { Deadlines, Limits } from '../limits.js';
 import type { Logger } from '../log.js';
 import type { TandemMetrics } from '../metrics/tandem-metrics.js';
 import { decode, encode } from '../protocol/codec.js';
-import { subjects, workerPrefix } from '../protocol/subjects.js';
+import { kvBlocksPerMessageMax } from '../protocol/messages.js';
+import { kvEventsSubject, subjects, workerPrefix } from '../protocol/subjects.js';
 import type { Random } from '../random/random.js';
 import { waitUntil, type Clock } from '../time/clock.js';
+import { assert } from '../util/assert.js';
 import { withHeaderTraceparent } from '../trace/trace-headers.js';
 import type { InboundMessage, Subscription, Transport } from '../transport/transport.js';
 import { FabricLinks } from './fabric-links.js';
@@ -76,6 +78,11 @@ export class PrefillWorker {
     return this.options.instanceId;
   }
 
+  /** The engine this worker prefills with (simulations read its counters). */
+  get engine(): Engine {
+    return this.options.engine;
+  }
+
   async start(): Promise<void> {
     const { transport, log } = this.options;
     this.subscriptions.push(
@@ -83,6 +90,7 @@ export class PrefillWorker {
       transport.subscribe(subjects.prefill(this.subjectPrefix), (m) => this.guard(m, () => this.onPrefill(m))),
       transport.subscribe(subjects.release(this.subjectPrefix), (m) => this.guard(m, () => this.onRelease(m))),
       transport.subscribe(subjects.stats(this.subjectPrefix), (m) => this.onStats(m)),
+      transport.subscribe(subjects.kvBlocks(this.subjectPrefix), (m) => this.guard(m, () => this.onKvBlocks(m))),
     );
     this.accepting = true;
     await this.options.discovery.register({
@@ -114,6 +122,23 @@ export class PrefillWorker {
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     for (const room of [...this.rooms.values()]) room.stop();
     this.links.closeAll();
+  }
+
+  /** Publishes a change of this worker's prefix cache to routers (wire the engine's `onKvEvent` here). */
+  publishKvEvent(event: EngineKvEvent): void {
+    const { kind, seq } = event;
+    // One insert stores at most a prompt's blocks, far below the message limit.
+    assert(event.blocks.length <= kvBlocksPerMessageMax, `a KV event names ${event.blocks.length} blocks`);
+    this.options.transport.publish(kvEventsSubject, encode('kv_events', { worker: this.options.instanceId, seq, kind, blocks: event.blocks }));
+  }
+
+  private onKvBlocks(message: InboundMessage): void {
+    decode(message.data, 'kv_blocks_request');
+    if (!message.expectsReply) return;
+    const snapshot = this.options.engine.kvSnapshot?.() ?? { seq: -1, blocks: [] };
+    // The newest blocks matter most for routing, so an oversized cache loses its oldest ones.
+    const blocks = snapshot.blocks.slice(-kvBlocksPerMessageMax);
+    message.respond(encode('kv_blocks_reply', { worker: this.options.instanceId, seq: snapshot.seq, blocks }));
   }
 
   private onStats(message: InboundMessage): void {

@@ -1,4 +1,5 @@
 import type { Discovery, WorkerRecord, WorkerRole } from '../discovery/discovery.js';
+import type { KvPrefillRanker } from '../routing/kv-router-feed.js';
 
 /**
  * Picks workers for a request: round-robin over the decode workers serving the model, and an
@@ -11,6 +12,8 @@ export class Router {
   constructor(
     private readonly discovery: Discovery,
     private readonly model: string,
+    /** When given, prefill candidates are ordered by cached prefix (KV-aware routing); otherwise round-robin. */
+    private readonly kv?: KvPrefillRanker,
   ) {}
 
   /** Workers of a role that serve the model, in registration order. */
@@ -28,9 +31,13 @@ export class Router {
     return this.rotate('decode');
   }
 
-  /** Every prefill worker, starting with the next one in turn. */
-  prefillCandidates(): WorkerRecord[] {
-    return this.rotate('prefill');
+  /**
+   * Every prefill worker, starting with the next one in turn; with a KV ranker and the prompt's
+   * `tokens`, the worker with the cheapest uncached prefill comes first instead.
+   */
+  prefillCandidates(tokens?: readonly number[]): WorkerRecord[] {
+    const rotated = this.rotate('prefill');
+    return this.kv !== undefined && tokens !== undefined ? this.kv.rank(rotated, tokens) : rotated;
   }
 
   private rotate(role: WorkerRole): WorkerRecord[] {

@@ -58,6 +58,16 @@ export interface DecodeSequence {
  * A model runtime. Prefill and decode may be the same engine (aggregated) or two engines in
  * different workers (disaggregated); with the same inputs both give the same tokens.
  */
+/** A change of a prefix cache, as engines report it to the router (see `KvIndexer.apply`). */
+export interface EngineKvEvent {
+  /** Per-engine sequence number: 0 for the first event, then +1 per event. */
+  seq: number;
+  /** `stored`: the blocks are now cached; `removed`: they were evicted. */
+  kind: 'stored' | 'removed';
+  /** The blocks concerned, by chained hash. */
+  blocks: string[];
+}
+
 export interface Engine {
   readonly model: ModelInfo;
   tokenize(text: string): number[];
@@ -75,4 +85,6 @@ export interface Engine {
   releaseSequence(sequence: DecodeSequence): void;
   /** Frees the engine. */
   close(): Promise<void>;
+  /** The prefix-cache block hashes held now and the seq of the last KV event they include; engines without KV events omit it. */
+  kvSnapshot?(): { seq: number; blocks: string[] };
 }

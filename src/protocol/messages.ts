@@ -33,6 +33,11 @@ export const wirePrefillCandidate = z.strictObject({
   subject_prefix: z.string().min(1).max(256),
 });
 
+/** A chained prefix-block hash (see `blockHashes`). */
+const blockHash = z.string().min(1).max(64);
+/** Blocks one KV message may name; a cache snapshot larger than this is cut to its newest blocks. */
+export const kvBlocksPerMessageMax = 65_536;
+
 const wireError = z.strictObject({ code: z.string().min(1).max(64), message: z.string().max(4096) });
 
 /** The identity of a room: issued by a prefill worker, never by a client. */
@@ -106,6 +111,21 @@ export const messageSchemas = {
   stats_request: z.strictObject({}),
   /** worker → anyone (reply): a worker's counters, as its stats() returns them. */
   stats_reply: z.strictObject({ instance_id: id, role: z.enum(['prefill', 'decode']), stats: z.record(z.string(), z.unknown()) }),
+  /** prefill worker → routers (event, on `subjects.kvEvents`): its prefix cache changed. */
+  kv_events: z.strictObject({
+    worker: id,
+    seq: uint,
+    kind: z.enum(['stored', 'removed', 'cleared']),
+    blocks: z.array(blockHash).max(kvBlocksPerMessageMax),
+  }),
+  /** router → prefill worker (request): send your current prefix-cache blocks (after a sequence gap). */
+  kv_blocks_request: z.strictObject({}),
+  /** prefill worker → router (reply): every block held, as of event `seq` (-1: before any event). */
+  kv_blocks_reply: z.strictObject({
+    worker: id,
+    seq: z.number().int().min(-1),
+    blocks: z.array(blockHash).max(kvBlocksPerMessageMax),
+  }),
 } as const;
 
 export type MessageType = keyof typeof messageSchemas;

@@ -17,6 +17,11 @@ export const subjects = {
   prefill: (prefix: string) => `${prefix}.prefill`,
   /** prefill worker: confirm or abort a room. */
   release: (prefix: string) => `${prefix}.release`,
+  /** prefill worker: its current prefix-cache blocks, on request (a router's resync). */
+  kvBlocks: (prefix: string) => `${prefix}.kv-blocks`,
   /** any worker: its counters, on request. */
   stats: (prefix: string) => `${prefix}.stats`,
 } as const;
+
+/** Where every prefill worker publishes its KV events; routers subscribe to it. */
+export const kvEventsSubject = 'tandem.kv-events';

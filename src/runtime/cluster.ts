@@ -6,6 +6,7 @@ import { SimEngine } from '../engine/sim/sim-engine.js';
 import { InspectionRecorder } from '../inspect/inspection-recorder.js';
 import { TraceFileWriter } from '../inspect/trace-file.js';
 import type { SimEngineOptions } from '../engine/sim/sim-options.js';
+import type { EngineKvEvent } from '../engine/engine.js';
 import { defaultDeadlines, defaultLimits, type Deadlines, type Limits } from '../limits.js';
 import { consoleLogger, type Logger, type LogLevel } from '../log.js';
 import { composeInspectors, requestStateInspector } from '../metrics/request-state-inspector.js';
@@ -14,6 +15,7 @@ import { seededRandom } from '../random/random.js';
 import type { Clock } from '../time/clock.js';
 import { realClock, realSeed } from '../time/real-clock.js';
 import { RequestTracer, type OtelOptions } from '../trace/otel.js';
+import { KvRouterFeed } from '../routing/kv-router-feed.js';
 import { memoryBackends, type BackendsFactory } from './backends.js';
 
 /** Options of the sim engine each worker runs (the clock is the cluster's). */
@@ -47,6 +49,12 @@ export interface ClusterConfig {
   deadlines?: Partial<Deadlines>;
   /** How long a decode stream may stay silent before the frontend gives up; default 120 s. */
   streamIdleTimeoutMs?: number;
+  /** How many times the frontend moves a request whose decode worker died mid-stream to another one; 0 disables; default 2. */
+  migrationsMax?: number;
+  /** How prefill workers are picked: 'round-robin' (default) or 'kv-aware' (by cached prefix, from the workers' KV events). */
+  routing?: 'round-robin' | 'kv-aware';
+  /** KV-aware routing: cost of one uncached prefill block relative to one active decode block; default 1. */
+  overlapWeight?: number;
   /** Log level of the default logger; default 'info'. */
   logLevel?: LogLevel;
   /** A logger to use instead of the default. */
@@ -84,6 +92,8 @@ export interface Cluster {
   readonly metrics: TandemMetrics;
   /** Transitions of this process's request and room machines. */
   readonly inspection: InspectionRecorder;
+  /** With `routing: 'kv-aware'`, the index of which prefill worker caches which prefix blocks (pass it to a Router). */
+  readonly kvFeed: KvRouterFeed | undefined;
   /** Counters of every worker. */
   stats(): { prefill: PrefillWorkerStats[]; decode: DecodeWorkerStats[]; inFlight: number };
   /** Stops the frontend and every worker at once, cancelling what is in flight. */
@@ -111,7 +121,9 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
 
   const backends = await (config.backends ?? memoryBackends)({ config, clock, log, limits });
   const { transport, discovery } = backends;
-  const engine = (): SimEngine => new SimEngine({ ...config.engine, clock });
+  const engine = (onKvEvent?: (event: EngineKvEvent) => void): SimEngine =>
+    new SimEngine({ ...config.engine, clock, ...(onKvEvent ? { onKvEvent } : {}) });
+  const kvAware = config.routing === 'kv-aware';
   const epoch = config.epoch ?? 1;
   const ids = random.split('instance-ids');
   const tag = config.instanceTag ? `${config.instanceTag}-` : '';
@@ -123,14 +135,14 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
   const prefill: PrefillWorker[] = [];
   for (let i = 0; i < prefillCount; i++) {
     const instanceId = `prefill-${tag}${i}-${ids.id(6)}`;
-    prefill.push(
-      new PrefillWorker({
+    // The engine reports cache changes before the worker exists, so the hook is bound late.
+    const worker: PrefillWorker = new PrefillWorker({
         instanceId,
         epoch,
         transport,
         discovery,
         fabric: await backends.fabric(instanceId),
-        engine: engine(),
+        engine: engine(kvAware ? (event) => worker.publishKvEvent(event) : undefined),
         clock,
         random: random.split(instanceId),
         log: log.child({ worker: instanceId }),
@@ -138,9 +150,20 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         deadlines,
         inspect: inspection.forWorker(instanceId),
         metrics,
-      }),
-    );
+      });
+    prefill.push(worker);
   }
+  const kvFeed = kvAware
+    ? new KvRouterFeed({
+        transport,
+        discovery,
+        random: random.split('kv-router'),
+        log: log.child({ actor: 'kv-router' }),
+        ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
+        selection: { overlapWeight: config.overlapWeight ?? 1 },
+      })
+    : undefined;
+  kvFeed?.start();
   const requestTracer = config.otel ? new RequestTracer({ exporter: config.otel.exporter, clock }) : undefined;
   const decode: DecodeWorker[] = [];
   for (let i = 0; i < decodeCount; i++) {
@@ -180,6 +203,8 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
           host: config.host ?? '127.0.0.1',
           port: config.port ?? 8080,
           streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
+          ...(config.migrationsMax !== undefined ? { migrationsMax: config.migrationsMax } : {}),
+          ...(kvFeed ? { kvFeed } : {}),
           metrics,
           traceRandom: random.split('traceparent'),
           inspection,
@@ -197,6 +222,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
 
   const shutdown = async (drainMs: number | undefined): Promise<void> => {
     unwatchDeaths();
+    kvFeed?.stop();
     if (drainMs === undefined) await frontend?.stop();
     else await frontend?.drain(drainMs);
     for (const worker of [...decode, ...prefill]) {
@@ -214,6 +240,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
     decode,
     inspection,
     metrics,
+    kvFeed,
     stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend?.inFlightRequests ?? 0 }),
     close: () => shutdown(undefined),
     drain: (timeoutMs) => shutdown(timeoutMs),

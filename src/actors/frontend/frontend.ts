@@ -11,6 +11,7 @@ import { meteredGeneration } from '../../metrics/metered-generation.js';
 import type { TandemMetrics } from '../../metrics/tandem-metrics.js';
 import type { Random } from '../../random/random.js';
 import { sleep, waitUntil, type Clock } from '../../time/clock.js';
+import type { KvPrefillRanker } from '../../routing/kv-router-feed.js';
 import type { Transport } from '../../transport/transport.js';
 import { decode, encode } from '../../protocol/codec.js';
 import { subjects } from '../../protocol/subjects.js';
@@ -36,12 +37,16 @@ export interface FrontendOptions {
   port: number;
   /** A stream from a decode worker that is silent this long fails with a timeout. */
   streamIdleTimeoutMs: number;
+  /** KV-aware prefill ranking; round-robin when absent. */
+  kvFeed?: KvPrefillRanker;
   /** Transitions of this process's machines; the web UI at /ui shows them. */
   inspection?: InspectionRecorder;
   /** Metrics to record requests in and to serve on GET /metrics; without them there is no /metrics route. */
   metrics?: TandemMetrics;
   /** Source of trace and span ids for requests without a valid `traceparent`; default a stream split from `random`. */
   traceRandom?: Random;
+  /** How many times a request whose decode worker dies mid-stream moves to another one; 0 disables; default 2. */
+  migrationsMax?: number;
 }
 
 /** How long stop() lets cancelled requests send their error before it closes every connection. */
@@ -49,6 +54,9 @@ const stopGraceMs = 1000;
 
 /** How long GET /cluster waits for each worker's counters. */
 const clusterStatsTimeoutMs = 1000;
+
+/** Default of FrontendOptions.migrationsMax. */
+const migrationsMaxDefault = 2;
 
 /** Default `max_tokens` of /v1/completions when the client gives none, as OpenAI's API does. */
 const completionMaxTokensDefault = 16;
@@ -65,9 +73,10 @@ export class Frontend {
   private readonly drained: Array<() => void> = [];
   private address = '';
   private traceRandom: Random | undefined;
+  private migrationCount = 0;
 
   constructor(private readonly options: FrontendOptions) {
-    this.router = new Router(options.discovery, options.engine.model.name);
+    this.router = new Router(options.discovery, options.engine.model.name, options.kvFeed);
     this.app = Fastify({ bodyLimit: options.limits.httpBodyBytesMax, logger: false, return503OnClosing: true });
     this.routes();
   }
@@ -79,6 +88,11 @@ export class Frontend {
 
   get inFlightRequests(): number {
     return this.inFlight.size;
+  }
+
+  /** How many times a request moved to another decode worker because its worker died mid-stream. */
+  get migrations(): number {
+    return this.migrationCount;
   }
 
   async start(): Promise<void> {
@@ -207,7 +221,19 @@ export class Frontend {
     const controller = new AbortController();
     this.inFlight.add(controller);
     const shape = responseShape(kind, plan.requestId, plan.model, Math.floor(this.options.clock.now() / 1000));
-    const generation = generate({ ...this.options, idleTimeoutMs: this.options.streamIdleTimeoutMs }, plan, controller.signal);
+    const generation = generate(
+      {
+        ...this.options,
+        idleTimeoutMs: this.options.streamIdleTimeoutMs,
+        migrationsMax: this.options.migrationsMax ?? migrationsMaxDefault,
+        onMigration: (migration) => {
+          this.migrationCount++;
+          this.options.log.info('request migrated', { request: migration.requestId, from: migration.from, completion_tokens: migration.completionTokens, code: migration.cause.code, error: migration.cause.message });
+        },
+      },
+      plan,
+      controller.signal,
+    );
     const events = this.options.metrics ? meteredGeneration(generation, this.options.metrics, this.options.clock, startedAtMs) : generation;
     // A client that goes away cancels its request, streamed or not.
     const onClose = (): void => {
@@ -273,7 +299,7 @@ export class Frontend {
       stops: body.stop == null ? [] : [body.stop].flat(),
       deadlines: body.deadlines ?? undefined,
       decode,
-      prefill: this.router.prefillCandidates(),
+      prefill: this.router.prefillCandidates(promptTokens),
     };
   }
 

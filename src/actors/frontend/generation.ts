@@ -28,16 +28,105 @@ export type GenerationEvent =
   | { type: 'text'; text: string }
   | { type: 'finish'; finishReason: 'stop' | 'length'; promptTokens: number; completionTokens: number };
 
+/** What generate() needs besides the plan. */
+export interface GenerationDeps {
+  transport: Transport;
+  engine: Engine;
+  idleTimeoutMs: number;
+  /** How many times a request whose decode worker died mid-stream is re-sent to another one; 0 (the default) disables migration. */
+  migrationsMax?: number;
+  /** Told each time a request moves to another decode worker. */
+  onMigration?: (migration: { requestId: string; from: string; completionTokens: number; cause: TandemError }) => void;
+}
+
 /**
  * Sends a request to its decode worker and yields its text as it streams back, then how it
  * finished. Stopping the iteration early cancels the request on the decode worker.
+ *
+ * When the decode worker dies mid-stream (the stream closes, goes silent, or the worker reports
+ * that it is stopping), the request is re-sent to another decode worker with the tokens received
+ * so far appended to the prompt and `max_tokens` reduced by as many, up to `migrationsMax` times.
+ * The detokenizer and stop matcher carry on across workers, so the caller sees one stream.
  */
-export async function* generate(
-  deps: { transport: Transport; engine: Engine; idleTimeoutMs: number },
-  plan: GenerationPlan,
-  signal?: AbortSignal,
-): AsyncGenerator<GenerationEvent> {
-  const request = encode('generate', {
+export async function* generate(deps: GenerationDeps, plan: GenerationPlan, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
+  const detokenizer = deps.engine.createDetokenizer();
+  const stop = new StopMatcher(plan.stops);
+  const generated: number[] = [];
+  const failedWorkers = new Set<string>();
+  const migrationsMax = deps.migrationsMax ?? 0;
+  for (let migrations = 0; ; migrations++) {
+    // Tokens the earlier workers produced; the current worker counts its own from 0.
+    const offset = generated.length;
+    const remaining = plan.sampling.max_tokens - offset;
+    if (remaining <= 0) {
+      // The worker died between its last token and its finish message.
+      const text = stop.push(detokenizer.flush()) + stop.flush();
+      if (text) yield { type: 'text', text };
+      yield { type: 'finish', finishReason: 'length', promptTokens: plan.promptTokens.length, completionTokens: offset };
+      return;
+    }
+    const attempt: GenerationPlan = {
+      ...plan,
+      requestId: migrations === 0 ? plan.requestId : `${plan.requestId}-m${migrations}`,
+      promptTokens: [...plan.promptTokens, ...generated],
+      sampling: { ...plan.sampling, max_tokens: remaining },
+      decode: plan.decode.filter((worker) => !failedWorkers.has(worker.instanceId)),
+    };
+    const { worker, stream, chunks, first } = await openFirstResponding(deps, attempt, encodeGenerate(attempt), signal);
+    try {
+      for (let next = first; !next.done; next = await chunks.next()) {
+        const message = decode(next.value, 'tokens', 'finish', 'error');
+        if (message.t === 'error') throw TandemError.fromWire({ code: message.error.code as ErrorCode, message: message.error.message });
+        const received = generated.length - offset;
+        if (message.t === 'finish') {
+          // A chunk lost on the way (a transport that dropped a message) must not pass as a shorter success.
+          if (message.completion_tokens !== received) {
+            throw new TandemError(ErrorCode.Closed, `the decode worker sent ${message.completion_tokens} tokens but ${received} arrived`);
+          }
+          const text = stop.push(detokenizer.flush()) + stop.flush();
+          if (text) yield { type: 'text', text };
+          yield { type: 'finish', finishReason: message.finish_reason, promptTokens: plan.promptTokens.length, completionTokens: generated.length };
+          return;
+        }
+        if (message.index !== received) {
+          throw new TandemError(ErrorCode.Internal, `token ${message.index} arrived when ${received} was expected`);
+        }
+        generated.push(...message.tokens);
+        const text = stop.push(detokenizer.push(message.tokens));
+        if (text) yield { type: 'text', text };
+        if (stop.done) {
+          yield { type: 'finish', finishReason: 'stop', promptTokens: plan.promptTokens.length, completionTokens: generated.length };
+          return;
+        }
+      }
+      throw new TandemError(ErrorCode.Closed, 'the decode worker ended the stream without finishing the request');
+    } catch (error) {
+      const cause = TandemError.from(error);
+      if (signal?.aborted || !workerDied(cause)) throw error;
+      failedWorkers.add(worker.instanceId);
+      const others = plan.decode.some((w) => !failedWorkers.has(w.instanceId));
+      if (migrations >= migrationsMax || !others) {
+        const why = migrationsMax === 0 ? 'migration is disabled (migrationsMax 0)' : others ? `it was already migrated ${migrations} times (migrationsMax ${migrationsMax})` : 'no other decode worker is left';
+        throw new TandemError(cause.code, `the decode worker failed after ${generated.length} tokens (${cause.message}) and ${why}`, { cause });
+      }
+      deps.onMigration?.({ requestId: plan.requestId, from: worker.instanceId, completionTokens: generated.length, cause });
+    } finally {
+      stream.cancel();
+    }
+  }
+}
+
+/**
+ * A failure that says the decode worker is gone, not that the request itself is wrong. A stopping
+ * worker cancels its requests, so `cancelled` counts too; the caller checks first that it did not
+ * cancel the request itself.
+ */
+function workerDied(error: TandemError): boolean {
+  return error.code === ErrorCode.Closed || error.code === ErrorCode.Timeout || error.code === ErrorCode.ShuttingDown || error.code === ErrorCode.Cancelled;
+}
+
+function encodeGenerate(plan: GenerationPlan): Uint8Array {
+  return encode('generate', {
     request_id: plan.requestId,
     model: plan.model,
     prompt_tokens: plan.promptTokens,
@@ -46,39 +135,6 @@ export async function* generate(
     ...(plan.deadlines ? { deadlines: plan.deadlines } : {}),
     ...(plan.traceparent ? { traceparent: plan.traceparent } : {}),
   });
-  const detokenizer = deps.engine.createDetokenizer();
-  const stop = new StopMatcher(plan.stops);
-  let received = 0;
-  const { stream, chunks, first } = await openFirstResponding(deps, plan, request, signal);
-  try {
-    for (let next = first; !next.done; next = await chunks.next()) {
-      const message = decode(next.value, 'tokens', 'finish', 'error');
-      if (message.t === 'error') throw TandemError.fromWire({ code: message.error.code as ErrorCode, message: message.error.message });
-      if (message.t === 'finish') {
-        // A chunk lost on the way (a transport that dropped a message) must not pass as a shorter success.
-        if (message.completion_tokens !== received) {
-          throw new TandemError(ErrorCode.Closed, `the decode worker sent ${message.completion_tokens} tokens but ${received} arrived`);
-        }
-        const text = stop.push(detokenizer.flush()) + stop.flush();
-        if (text) yield { type: 'text', text };
-        yield { type: 'finish', finishReason: message.finish_reason, promptTokens: message.prompt_tokens, completionTokens: message.completion_tokens };
-        return;
-      }
-      if (message.index !== received) {
-        throw new TandemError(ErrorCode.Internal, `token ${message.index} arrived when ${received} was expected`);
-      }
-      received += message.tokens.length;
-      const text = stop.push(detokenizer.push(message.tokens));
-      if (text) yield { type: 'text', text };
-      if (stop.done) {
-        yield { type: 'finish', finishReason: 'stop', promptTokens: plan.promptTokens.length, completionTokens: received };
-        return;
-      }
-    }
-    throw new TandemError(ErrorCode.Closed, 'the decode worker ended the stream without finishing the request');
-  } finally {
-    stream.cancel();
-  }
 }
 
 /**
@@ -93,7 +149,7 @@ async function openFirstResponding(deps: { transport: Transport; idleTimeoutMs: 
     const stream = deps.transport.stream(subjects.generate(worker.subjectPrefix), request, { idleTimeoutMs: deps.idleTimeoutMs, signal, headers: traceHeaders(plan.traceparent) });
     const chunks = stream[Symbol.asyncIterator]();
     try {
-      return { stream, chunks, first: await chunks.next() };
+      return { worker, stream, chunks, first: await chunks.next() };
     } catch (error) {
       stream.cancel();
       const lastChance = i + 1 >= plan.decode.length;

@@ -1,4 +1,5 @@
 import { ErrorCode, TandemError } from '../../errors.js';
+import { blockHashes, type BlockHash } from '../../kv/prefix-hash.js';
 import { hashString } from '../../random/random.js';
 import { sleep } from '../../time/clock.js';
 import { assert } from '../../util/assert.js';
@@ -21,6 +22,7 @@ import { decodeStepMs, prefillMs, scaleMs } from './timing.js';
 import { applySimChatTemplate, ByteDetokenizer, SIM_EOS_TOKEN, tokenizeBytes } from './tokenizer.js';
 
 export type { SimEngineOptions } from './sim-options.js';
+export type { EngineKvEvent } from '../engine.js';
 export type { SimTiming } from './timing.js';
 
 /** Counters of what a SimEngine has done, for tests and reports. */
@@ -91,7 +93,12 @@ export class SimEngine implements Engine {
       contextTokensMax,
       eosToken: SIM_EOS_TOKEN,
     };
-    this.prefixCache = new PrefixCache(this.options.prefixBlockTokens, this.options.prefixCacheBlocksMax);
+    this.prefixCache = new PrefixCache(this.options.prefixBlockTokens, this.options.prefixCacheBlocksMax, options.onKvEvent);
+  }
+
+  /** The prefix cache's blocks now and the seq of the last KV event they include, for a router's resync. */
+  kvSnapshot(): { seq: number; blocks: BlockHash[] } {
+    return this.prefixCache.snapshot();
   }
 
   tokenize(text: string): number[] {
@@ -121,10 +128,11 @@ export class SimEngine implements Engine {
     const prompt = Array.from(tokens);
     return this.prefillLane.run(async () => {
       const hashes = chainHashes(prompt, this.options.weightsSeed);
-      const cachedTokens = this.prefixCache.lookup(hashes);
+      const blocks = blockHashes(prompt, this.options.prefixBlockTokens);
+      const cachedTokens = this.prefixCache.lookup(blocks, prompt.length);
       const uncachedTokens = prompt.length - cachedTokens;
       await sleep(this.options.clock, scaleMs(prefillMs(this.options.timing, uncachedTokens), this.options.speedup), signal);
-      this.prefixCache.insert(hashes);
+      this.prefixCache.insert(blocks);
       const kv = fillKv(hashes, this.options.kvBytesPerToken);
       const firstToken = sampleToken(sequenceStart(kvDigest(kv), sampling), sampling, this.options.eosEvery);
       this.counters.prefills++;

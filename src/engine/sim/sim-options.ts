@@ -1,5 +1,6 @@
 import { ErrorCode, TandemError } from '../../errors.js';
 import type { Clock } from '../../time/clock.js';
+import type { EngineKvEvent } from '../engine.js';
 import { defaultSimTiming, type SimTiming } from './timing.js';
 
 /** How to build a SimEngine. */
@@ -24,10 +25,12 @@ export interface SimEngineOptions {
   prefixBlockTokens?: number;
   /** Most blocks the prefix cache remembers (0 turns it off); default 8192. */
   prefixCacheBlocksMax?: number;
+  /** Called on every prefix-cache change (blocks stored or evicted), for KV-aware routing; default none. */
+  onKvEvent?: (event: EngineKvEvent) => void;
 }
 
 /** Options with every default filled in and every value checked. */
-export type ResolvedSimOptions = Required<Omit<SimEngineOptions, 'eosEvery' | 'timing'>> & {
+export type ResolvedSimOptions = Required<Omit<SimEngineOptions, 'eosEvery' | 'timing' | 'onKvEvent'>> & {
   eosEvery: number | undefined;
   timing: SimTiming;
 };

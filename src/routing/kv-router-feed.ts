@@ -1,0 +1,112 @@
+import type { Discovery, WorkerRecord } from '../discovery/discovery.js';
+import { blockHashes, defaultBlockTokens } from '../kv/prefix-hash.js';
+import type { Logger } from '../log.js';
+import { decode, encode } from '../protocol/codec.js';
+import { kvEventsSubject, subjects } from '../protocol/subjects.js';
+import type { Random } from '../random/random.js';
+import type { Subscription, Transport } from '../transport/transport.js';
+import { selectKvAwareWorker, workerCosts, type KvSelectionOptions } from './kv-aware-selection.js';
+import { KvIndexer, type KvEvent, type KvIndexerOptions } from './kv-indexer.js';
+
+/** What a Router asks to order prefill workers by cached prefix; `KvRouterFeed` is the real one. */
+export interface KvPrefillRanker {
+  /** `workers` reordered best first for a prompt of `tokens`; the input order breaks equal costs after the first. */
+  rank(workers: readonly WorkerRecord[], tokens: readonly number[]): WorkerRecord[];
+}
+
+/** How to build a KvRouterFeed. */
+export interface KvRouterFeedOptions {
+  /** Where KV events arrive and resync requests go. */
+  transport: Transport;
+  /** Which workers are alive; a worker that leaves it is dropped from the index. */
+  discovery: Discovery;
+  /** Breaks cost ties (and draws softmax picks); seeded, so routing is reproducible. */
+  random: Random;
+  log: Logger;
+  /** Tokens per block; must match the engines' prefix-cache blocks; default 16. */
+  blockTokens?: number;
+  /** Cost weights of `selectKvAwareWorker`. */
+  selection?: KvSelectionOptions;
+  /** Bounds of the index. */
+  indexer?: Omit<KvIndexerOptions, 'onResyncNeeded'>;
+  /** How long a resync request waits for the worker's blocks; default 2000 ms. */
+  resyncTimeoutMs?: number;
+}
+
+/**
+ * Feeds a KvIndexer from the prefill workers' KV events and ranks prefill workers by the cost of
+ * `selectKvAwareWorker` over a prompt's block hashes. A sequence gap triggers one resync request
+ * to that worker at a time; a worker removed from discovery is forgotten.
+ */
+export class KvRouterFeed implements KvPrefillRanker {
+  /** The index, exposed for stats and tests. */
+  readonly indexer: KvIndexer;
+  private readonly blockTokens: number;
+  private readonly resyncing = new Set<string>();
+  private subscription: Subscription | undefined;
+  private unwatch: (() => void) | undefined;
+
+  constructor(private readonly options: KvRouterFeedOptions) {
+    this.blockTokens = options.blockTokens ?? defaultBlockTokens;
+    this.indexer = new KvIndexer({ ...options.indexer, onResyncNeeded: (worker) => this.resync(worker) });
+  }
+
+  /** Starts listening to KV events and discovery. */
+  start(): void {
+    this.subscription = this.options.transport.subscribe(kvEventsSubject, (message) => {
+      try {
+        const body = decode(message.data, 'kv_events');
+        this.apply({ worker: body.worker, seq: body.seq, kind: body.kind, blocks: body.blocks.map((hash) => ({ hash })) });
+      } catch (error) {
+        this.options.log.warn('dropped a malformed KV event', { error: String(error) });
+      }
+    });
+    this.unwatch = this.options.discovery.watch((event) => {
+      if (event.type === 'removed') this.indexer.removeWorker(event.record.instanceId);
+    });
+  }
+
+  /** Stops listening. */
+  stop(): void {
+    this.subscription?.unsubscribe();
+    this.unwatch?.();
+    this.subscription = undefined;
+    this.unwatch = undefined;
+  }
+
+  /** Applies one KV event (what the subscription does; tests call it directly). */
+  apply(event: KvEvent): void {
+    this.indexer.apply(event);
+  }
+
+  rank(workers: readonly WorkerRecord[], tokens: readonly number[]): WorkerRecord[] {
+    if (workers.length < 2) return [...workers];
+    const hashes = blockHashes(tokens, this.blockTokens);
+    const matched = this.indexer.match(hashes);
+    const candidates = workers.map((record) => ({ worker: record.instanceId, activeDecodeBlocks: 0 }));
+    const { selection = {} } = this.options;
+    const best = selectKvAwareWorker(candidates, hashes.length, matched, this.options.random, selection);
+    const costs = new Map(workerCosts(candidates, hashes.length, matched, selection.overlapWeight ?? 1).map((c) => [c.worker, c.cost]));
+    const cost = (record: WorkerRecord): number => (record.instanceId === best ? -Infinity : costs.get(record.instanceId)!);
+    // Array.prototype.sort is stable, so equal costs keep the caller's (round-robin) order.
+    return [...workers].sort((a, b) => cost(a) - cost(b));
+  }
+
+  private resync(worker: string): void {
+    if (this.resyncing.has(worker)) return;
+    const record = this.options.discovery.list('prefill').find((r) => r.instanceId === worker);
+    if (record === undefined) return;
+    this.resyncing.add(worker);
+    const timeoutMs = this.options.resyncTimeoutMs ?? 2000;
+    this.options.transport
+      .request(subjects.kvBlocks(record.subjectPrefix), encode('kv_blocks_request', {}), { timeoutMs })
+      .then((data) => {
+        const reply = decode(data, 'kv_blocks_reply');
+        this.indexer.resync(reply.worker, reply.blocks, reply.seq);
+      })
+      .catch((error: unknown) => {
+        this.options.log.warn('KV resync failed', { worker, error: String(error) });
+      })
+      .finally(() => this.resyncing.delete(worker));
+  }
+}
