@@ -23,29 +23,46 @@ export interface Backends {
 
 export type BackendsFactory = (context: { config: ClusterConfig; clock: Clock; log: Logger; limits: Limits }) => Promise<Backends>;
 
-/** Everything in this process: the memory transport and discovery, and the simulated fabric. */
-export const memoryBackends: BackendsFactory = async ({ config, clock, log, limits }) => {
-  const transport = new MemoryTransport({
-    clock,
-    streamBufferMax: limits.streamBufferMax,
-    onHandlerError: (error, subject) => log.error('a message handler threw', { subject, error: String(error) }),
-  });
-  const discovery = new MemoryDiscovery({ clock });
-  const network = new SimFabricNetwork({ clock, latencyMs: config.fabric?.latencyMs, bytesPerMs: config.fabric?.bytesPerMs });
-  const fabrics: Fabric[] = [];
-  return {
-    name: 'memory',
-    transport,
-    discovery,
-    async fabric(instanceId) {
-      const fabric = network.attach(instanceId);
-      fabrics.push(fabric);
-      return fabric;
-    },
-    async close() {
-      for (const fabric of fabrics) await fabric.close();
-      await discovery.close();
-      await transport.close();
-    },
+/** Seams of the in-process backends, for tests and simulators that gate or observe every hop. */
+export interface MemoryBackendsOptions {
+  /** Wraps the memory transport; the wrapper is what the workers talk through. */
+  wrapTransport?: (transport: Transport) => Transport;
+  /** Clock of the simulated fabric when it must differ from the cluster's. */
+  fabricClock?: Clock;
+  /** Sees the simulated fabric network once it exists. */
+  onNetwork?: (network: SimFabricNetwork) => void;
+}
+
+/** In-process backends with the seams of `options`. */
+export function memoryBackendsWith(options: MemoryBackendsOptions): BackendsFactory {
+  return async ({ config, clock, log, limits }) => {
+    const inner = new MemoryTransport({
+      clock,
+      streamBufferMax: limits.streamBufferMax,
+      onHandlerError: (error, subject) => log.error('a message handler threw', { subject, error: String(error) }),
+    });
+    const transport = options.wrapTransport?.(inner) ?? inner;
+    const discovery = new MemoryDiscovery({ clock });
+    const network = new SimFabricNetwork({ clock: options.fabricClock ?? clock, latencyMs: config.fabric?.latencyMs, bytesPerMs: config.fabric?.bytesPerMs });
+    options.onNetwork?.(network);
+    const fabrics: Fabric[] = [];
+    return {
+      name: 'memory',
+      transport,
+      discovery,
+      async fabric(instanceId) {
+        const fabric = network.attach(instanceId);
+        fabrics.push(fabric);
+        return fabric;
+      },
+      async close() {
+        for (const fabric of fabrics) await fabric.close();
+        await discovery.close();
+        await inner.close();
+      },
+    };
   };
-};
+}
+
+/** Everything in this process: the memory transport and discovery, and the simulated fabric. */
+export const memoryBackends: BackendsFactory = memoryBackendsWith({});

@@ -1,7 +1,7 @@
 import type fc from 'fast-check';
 import { createCluster, silentLogger, type Cluster } from '../../src/index.js';
-import { MemoryDiscovery, MemoryTransport, SimFabricNetwork, realClock } from '../../src/internal.js';
-import type { BackendsFactory } from '../../src/runtime/backends.js';
+import { realClock, type SimFabricNetwork } from '../../src/internal.js';
+import { memoryBackendsWith } from '../../src/runtime/backends.js';
 import type { Deadlines } from '../../src/limits.js';
 import type { Clock } from '../../src/time/clock.js';
 import type { InboundMessage, MessageHandler, PublishOptions, ReplyStream, RequestOptions, StreamOptions, SubscribeOptions, Subscription, Transport } from '../../src/transport/transport.js';
@@ -76,7 +76,7 @@ function kindOf(subject: string): DuplicableKind | undefined {
 /** The memory transport with every handler invocation and every reply gated by the scheduler. */
 export class ScheduledTransport implements Transport {
   constructor(
-    private readonly inner: MemoryTransport,
+    private readonly inner: Transport,
     private readonly gate: Gate,
   ) {}
 
@@ -164,30 +164,11 @@ export interface ScheduledClusterOptions {
 export async function scheduledCluster(gate: Gate, options: ScheduledClusterOptions): Promise<{ cluster: Cluster; transport: Transport; network: SimFabricNetwork }> {
   let transport: Transport | undefined;
   let network: SimFabricNetwork | undefined;
-  const backends: BackendsFactory = async ({ limits }) => {
-    const inner = new MemoryTransport({ clock: realClock, streamBufferMax: limits.streamBufferMax });
-    const discovery = new MemoryDiscovery({ clock: realClock });
-    const net = new SimFabricNetwork({ clock: gatedClock(gate) });
-    const outer = new ScheduledTransport(inner, gate);
-    transport = outer;
-    network = net;
-    const fabrics: Array<{ close(): Promise<void> }> = [];
-    return {
-      name: 'scheduled-memory',
-      transport: outer,
-      discovery,
-      async fabric(instanceId) {
-        const fabric = net.attach(instanceId);
-        fabrics.push(fabric);
-        return fabric;
-      },
-      async close() {
-        for (const fabric of fabrics) await fabric.close();
-        await discovery.close();
-        await inner.close();
-      },
-    };
-  };
+  const backends = memoryBackendsWith({
+    wrapTransport: (inner) => (transport = new ScheduledTransport(inner, gate)),
+    fabricClock: gatedClock(gate),
+    onNetwork: (net) => (network = net),
+  });
   const cluster = await createCluster({
     seed: options.seed,
     log: silentLogger,
