@@ -15,6 +15,7 @@ import { subjects } from '../protocol/subjects.js';
 import { traceHeaders } from '../trace/trace-headers.js';
 import { TransportError, type StreamWriter } from '../transport/transport.js';
 import type { DecodeBatcher } from './decode-batcher.js';
+import { samplingFromWire } from './wire-sampling.js';
 import type { DecodeWorkerOptions } from './decode-worker.js';
 import type { RoomFence } from './room-fence.js';
 
@@ -35,11 +36,6 @@ export interface DecodeRequestDeps extends DecodeWorkerOptions {
   bindRoom(owner: string, request: DecodeRequest): void;
   unbindRoom(owner: string): void;
   finished(request: DecodeRequest, status: RequestOutput['status']): void;
-}
-
-/** Converts wire sampling parameters to the engine's. */
-export function samplingFromWire(wire: MessageOf<'generate'>['sampling']): SamplingParams {
-  return { temperature: wire.temperature, topP: wire.top_p, seed: wire.seed, maxTokens: wire.max_tokens, ignoreEos: wire.ignore_eos };
 }
 
 function deadlinesFrom(defaults: Deadlines, wire: MessageOf<'generate'>['deadlines']): Deadlines {

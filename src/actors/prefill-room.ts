@@ -10,7 +10,7 @@ import type { MessageOf } from '../protocol/messages.js';
 import { sleep } from '../time/clock.js';
 import type { FabricLinks } from './fabric-links.js';
 import type { PrefillWorkerOptions } from './prefill-worker.js';
-import { samplingFromWire } from './decode-request.js';
+import { samplingFromWire } from './wire-sampling.js';
 
 /** Pages in one fabric write. */
 const writePagesMax = 64;
