@@ -75,11 +75,11 @@ describe('request migration', () => {
     expect(migrated.usage?.completion_tokens).toBe(maxTokens);
     // The sim engine's tokens are one character each, so the text length is the token count.
     expect(migrated.text).toHaveLength(maxTokens);
-    expect(migrated.text.startsWith(migrated.textAtKill)).toBe(true);
-    expect(uninterrupted.text.startsWith(migrated.textAtKill)).toBe(true);
-    // The sim engine samples the first token after a prefill from a digest of the whole prompt,
-    // and later tokens by chaining its sampler state, so prompt+generated does not continue the
-    // uninterrupted sequence: the text after the migration point differs (a known gap).
+    expect(migrated.textAtKill.length).toBeGreaterThan(0);
+    expect(migrated.textAtKill.length).toBeLessThan(maxTokens);
+    // The other decode worker prefilled prompt + the tokens already streamed and went on from
+    // there: the client's text is exactly the uninterrupted run's, nothing repeated or missing.
+    expect(migrated.text).toBe(uninterrupted.text);
     expect(cluster.frontend!.migrations).toBe(1);
   });
 

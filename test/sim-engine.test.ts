@@ -120,7 +120,7 @@ describe('sim-engine KV', () => {
     expect(one.engine.model.identity).toBe(engineWith({ weightsSeed: 1 }).engine.model.identity);
     expect(engineWith({ kvBytesPerToken: 32 }).engine.model.identity).not.toBe(engineWith().engine.model.identity);
     expect(engineWith({ modelName: 'other' }).engine.model.identity).not.toBe(engineWith().engine.model.identity);
-    expect(one.engine.model.kvLayout).toBe('sim-v1');
+    expect(one.engine.model.kvLayout).toBe('sim-v2');
     const prompt = one.engine.tokenize('the same prompt');
     const kvOne = (await drive(one.clock, one.engine.prefill(prompt, greedy))).kv;
     const kvTwo = (await drive(two.clock, two.engine.prefill(prompt, greedy))).kv;
@@ -232,6 +232,18 @@ describe('sim-engine decoding', () => {
     const tokens = await drive(clock, runAggregated(engine, engine.tokenize('hello'), { ...greedy, maxTokens: 200 }));
     expect(tokens).toHaveLength(200);
     expect(tokens).not.toContain(256);
+  });
+
+  it('continues a run exactly when prompt + the tokens generated so far are prefilled again (migration)', async () => {
+    const { engine, clock } = engineWith({ eosEvery: 50 });
+    await fc.assert(
+      fc.asyncProperty(tokenArray(), samplingArb, fc.nat(), async (prompt, sampling, cut) => {
+        const full = await drive(clock, runAggregated(engine, prompt, { ...sampling, maxTokens: 24 }));
+        const k = cut % full.length;
+        const resumed = await drive(clock, runAggregated(engine, [...prompt, ...full.slice(0, k)], { ...sampling, maxTokens: 24 - k }));
+        expect([...full.slice(0, k), ...resumed]).toEqual(full);
+      }),
+    );
   });
 
   it('ignores the seed at temperature 0 and depends on it above', async () => {

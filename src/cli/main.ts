@@ -32,7 +32,7 @@ function withCommonOptions(command: Command): Command {
   return command
     .addOption(new Option('--model-name <name>', 'name clients use in the model field').default('tandem-sim').env('TANDEM_MODEL_NAME'))
     .addOption(new Option('--speedup <x>', "divide the sim engine's step times by x ('inf' for zero time)").default(1).argParser(nonNegative).env('TANDEM_SPEEDUP'))
-    .addOption(new Option('--kv-bytes-per-token <n>', 'KV bytes per token of the sim model').default(64).argParser(integer(1)))
+    .addOption(new Option('--kv-bytes-per-token <n>', 'KV bytes per token of the sim model').default(64).argParser(integer(8)))
     .addOption(new Option('--eos-every <n>', 'sim engine ends a sequence with EOS about once per n steps').argParser(integer(1)))
     .addOption(new Option('--page-bytes <n>', 'bytes per KV page').default(16 * 1024).argParser(integer(64)))
     .addOption(new Option('--pages <n>', 'KV pages per decode worker').default(4096).argParser(integer(1)))

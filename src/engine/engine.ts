@@ -4,7 +4,7 @@ export interface ModelInfo {
   name: string;
   /** A hash of the weights (or their metadata): two different models never share it. */
   identity: string;
-  /** The KV layout tag, e.g. 'sim-v1' or 'f16'; part of the payload stamp. */
+  /** The KV layout tag, e.g. 'sim-v2' or 'f16'; part of the payload stamp. */
   kvLayout: string;
   /** KV bytes per token of context. */
   kvBytesPerToken: number;

@@ -22,9 +22,9 @@ export function samplingKey(sampling: SamplingParams): number {
   return mix32(key, floatBits32(sampling.topP));
 }
 
-/** The state from which the first token is sampled: the KV digest mixed with the sampler. */
-export function sequenceStart(kvDigest: number, sampling: SamplingParams): number {
-  return mix32(mix32(kvDigest, START_SALT), samplingKey(sampling));
+/** The state from which the next token is sampled: the context's chain hash mixed with the sampler. */
+export function sequenceStart(chainHash: number, sampling: SamplingParams): number {
+  return mix32(mix32(chainHash, START_SALT), samplingKey(sampling));
 }
 
 /**
@@ -37,7 +37,3 @@ export function sampleToken(state: number, sampling: SamplingParams, eosEvery: n
   return CHARACTERS.charCodeAt(x % CHARACTERS.length);
 }
 
-/** The state after `token` joined the context; distinct states or tokens stay distinct. */
-export function advanceState(state: number, token: number): number {
-  return mix32(state, token);
-}

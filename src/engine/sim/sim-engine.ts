@@ -13,9 +13,9 @@ import type {
   SamplingParams,
 } from '../engine.js';
 import { hex32 } from './hash.js';
-import { chainHashes, fillKv, kvDigest, SIM_KV_LAYOUT } from './kv-model.js';
+import { chainHashes, chainStep, fillKv, kvChainHash, SIM_KV_LAYOUT } from './kv-model.js';
 import { PrefixCache } from './prefix-cache.js';
-import { advanceState, sampleToken, sequenceStart } from './sampler.js';
+import { sampleToken, sequenceStart } from './sampler.js';
 import { SerialLane } from './serial-lane.js';
 import { resolveSimOptions, type ResolvedSimOptions, type SimEngineOptions } from './sim-options.js';
 import { decodeStepMs, prefillMs, scaleMs } from './timing.js';
@@ -45,21 +45,23 @@ export interface SimEngineStats {
   prefixCacheBlocks: number;
 }
 
-/** A sim sequence: its sampler state is all it needs, the KV itself is not kept. */
+/** A sim sequence: the chain hash of its context is all it needs, the KV itself is not kept. */
 class SimSequence implements DecodeSequence {
   busy = false;
 
   constructor(
     public contextTokens: number,
-    public state: number,
+    public chainHash: number,
     readonly sampling: SamplingParams,
   ) {}
 }
 
 /**
  * A deterministic simulated LLM, in the style of Dynamo's mocker. Tokens are bytes; KV is a
- * causal hash of the prompt; the first token comes from a digest of the KV bytes and decoding
- * from a digest of the KV it was given, so corrupt or misplaced KV shows up in the output. Each
+ * causal hash chain of the prompt; every token is sampled from the chain hash of the context
+ * before it, so prefilling prompt + generated tokens continues exactly where decoding was (what
+ * request migration relies on), and decoding starts from the KV it was given, so corrupt or
+ * misplaced KV shows up in the output. Each
  * sequence's tokens depend only on its own inputs, never on its batch. Prefills run one at a
  * time, as do decode steps; all waiting goes through the injected clock, and even a zero-time
  * step waits on `clock.setTimeout(fn, 0)` so it never starves I/O.
@@ -134,7 +136,7 @@ export class SimEngine implements Engine {
       await sleep(this.options.clock, scaleMs(prefillMs(this.options.timing, uncachedTokens), this.options.speedup), signal);
       this.prefixCache.insert(blocks);
       const kv = fillKv(hashes, this.options.kvBytesPerToken);
-      const firstToken = sampleToken(sequenceStart(kvDigest(kv), sampling), sampling, this.options.eosEvery);
+      const firstToken = sampleToken(sequenceStart(hashes[prompt.length - 1]!, sampling), sampling, this.options.eosEvery);
       this.counters.prefills++;
       this.counters.promptTokens += prompt.length;
       this.counters.cachedTokens += cachedTokens;
@@ -157,9 +159,9 @@ export class SimEngine implements Engine {
     if (!Number.isInteger(firstToken) || firstToken < 0 || firstToken > SIM_EOS_TOKEN) {
       throw new TandemError(ErrorCode.KvMismatch, `sim engine: first token ${firstToken} is not in the vocabulary`);
     }
-    // The state comes from the bytes received, not from the prompt, so bad KV means bad tokens.
-    const state = advanceState(sequenceStart(kvDigest(kv), sampling), firstToken);
-    const sequence = new SimSequence(promptTokens + 1, state, { ...sampling });
+    // The chain comes from the bytes received, not from the prompt, so bad KV means bad tokens.
+    const chainHash = chainStep(kvChainHash(kv, this.options.kvBytesPerToken), firstToken, this.options.weightsSeed);
+    const sequence = new SimSequence(promptTokens + 1, chainHash, { ...sampling });
     this.live.add(sequence);
     return sequence;
   }
@@ -180,8 +182,8 @@ export class SimEngine implements Engine {
         const stepMs = sequences.length === 0 ? 0 : decodeStepMs(this.options.timing, activeKvTokens);
         await sleep(this.options.clock, scaleMs(stepMs, this.options.speedup), signal);
         const tokens = sequences.map((sequence) => {
-          const token = sampleToken(sequence.state, sequence.sampling, this.options.eosEvery);
-          sequence.state = advanceState(sequence.state, token);
+          const token = sampleToken(sequenceStart(sequence.chainHash, sequence.sampling), sequence.sampling, this.options.eosEvery);
+          sequence.chainHash = chainStep(sequence.chainHash, token, this.options.weightsSeed);
           sequence.contextTokens++;
           return token;
         });

@@ -1,6 +1,7 @@
 import { ErrorCode, TandemError } from '../../errors.js';
 import type { Clock } from '../../time/clock.js';
 import type { EngineKvEvent } from '../engine.js';
+import { SIM_KV_HEADER_BYTES } from './kv-model.js';
 import { defaultSimTiming, type SimTiming } from './timing.js';
 
 /** How to build a SimEngine. */
@@ -11,7 +12,7 @@ export interface SimEngineOptions {
   modelName?: string;
   /** Stands for the weights: engines with different seeds have different identities and KV; default 0. */
   weightsSeed?: number;
-  /** KV bytes per token of context; default 64. */
+  /** KV bytes per token of context, at least 8 (each entry names its chain hash and position); default 64. */
   kvBytesPerToken?: number;
   /** Largest context (prompt + generated tokens); default 65536. */
   contextTokensMax?: number;
@@ -61,7 +62,7 @@ export function resolveSimOptions(options: SimEngineOptions): ResolvedSimOptions
   };
   if (resolved.modelName.length === 0) throw invalid('modelName must not be empty');
   checkInteger('weightsSeed', resolved.weightsSeed, 0, 0xffff_ffff);
-  checkInteger('kvBytesPerToken', resolved.kvBytesPerToken, 1);
+  checkInteger('kvBytesPerToken', resolved.kvBytesPerToken, SIM_KV_HEADER_BYTES);
   checkInteger('contextTokensMax', resolved.contextTokensMax, 2);
   checkInteger('prefixBlockTokens', resolved.prefixBlockTokens, 1);
   checkInteger('prefixCacheBlocksMax', resolved.prefixCacheBlocksMax, 0);
