@@ -3,9 +3,9 @@ import { seededRandom } from '../src/random/random.js';
 import { selectKvAwareWorker, workerCosts } from '../src/routing/kv-aware-selection.js';
 
 const candidates = [
-  { worker: 'a', activeDecodeBlocks: 0 },
-  { worker: 'b', activeDecodeBlocks: 3 },
-  { worker: 'c', activeDecodeBlocks: 10 },
+  { worker: 'a', activeBlocks: 0 },
+  { worker: 'b', activeBlocks: 3 },
+  { worker: 'c', activeBlocks: 10 },
 ];
 
 describe('kv-aware-selection', () => {
@@ -26,7 +26,7 @@ describe('kv-aware-selection', () => {
   });
 
   it('breaks ties with the seeded random, reproducibly and across all tied workers', () => {
-    const tied = ['x', 'y', 'z'].map((worker) => ({ worker, activeDecodeBlocks: 1 }));
+    const tied = ['x', 'y', 'z'].map((worker) => ({ worker, activeBlocks: 1 }));
     const pick = (seed: number) => {
       const random = seededRandom(seed);
       return Array.from({ length: 60 }, () => selectKvAwareWorker(tied, 4, new Map(), random));

@@ -59,6 +59,8 @@ export class DecodeRequest {
   private readonly sampling: SamplingParams;
   private readonly deadlines: Deadlines;
   private readonly actor: AnyActorRef;
+  /** Whether this request's prompt is prefilled here rather than on a prefill worker. */
+  readonly prefillsLocally: boolean;
   private sequence: DecodeSequence | undefined;
   /** Tokens written to the stream so far (the first token counts). */
   private emitted = 0;
@@ -86,13 +88,15 @@ export class DecodeRequest {
     this.deadlines = deadlinesFrom(deps.deadlines, body.deadlines);
     this.log = deps.log.child({ request: body.request_id, ...(body.traceparent ? { traceparent: body.traceparent } : {}) });
     this.inspect = composeInspectors(deps.inspect, deps.requestTracer?.forRequest(body.request_id, body.traceparent, deps.instanceId));
-    this.actor = deps.prefillLocally ? this.createLocalActor() : this.createDisaggregatedActor();
+    // The frontend may ask for a local prefill (conditional disaggregation); an aggregated worker always does one.
+    this.prefillsLocally = deps.prefillLocally || body.prefill_locally === true;
+    this.actor = this.prefillsLocally ? this.createLocalActor() : this.createDisaggregatedActor();
   }
 
   start(): void {
     this.writer.onCancel(() => this.cancel());
     this.actor.subscribe({ complete: () => this.finish(), error: (error: unknown) => this.crash(error) });
-    this.log.debug('request started', { prompt_tokens: this.body.prompt_tokens.length, prefill: this.deps.prefillLocally ? 'local' : 'remote' });
+    this.log.debug('request started', { prompt_tokens: this.body.prompt_tokens.length, prefill: this.prefillsLocally ? 'local' : 'remote' });
     this.actor.start();
   }
 

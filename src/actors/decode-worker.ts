@@ -57,6 +57,8 @@ export interface DecodeWorkerStats {
   strayEvents: number;
   /** Messages that failed to decode. */
   invalidMessages: number;
+  /** Requests whose prompt this worker prefilled itself (aggregated mode or conditional disaggregation). */
+  localPrefills: number;
   /** Rooms whose pages are quarantined, waiting for the prefill side to acknowledge an abort. */
   fencedRooms: number;
   /** Writes applied to and refused by this worker's KV region. */
@@ -77,7 +79,7 @@ export class DecodeWorker {
   /** ownerKey → request, for routing prefill events to the request that holds the room. */
   private readonly rooms = new Map<string, DecodeRequest>();
   private readonly subscriptions: Subscription[] = [];
-  private readonly counters = { done: 0, failed: 0, cancelled: 0, strayEvents: 0, invalidMessages: 0 };
+  private readonly counters = { done: 0, failed: 0, cancelled: 0, strayEvents: 0, invalidMessages: 0, localPrefills: 0 };
   private readonly machines: RequestLogic;
   private deps: DecodeRequestDeps | undefined;
   private unwatchPeers: (() => void) | undefined;
@@ -180,6 +182,7 @@ export class DecodeWorker {
       finished: { done: this.counters.done, failed: this.counters.failed, cancelled: this.counters.cancelled },
       strayEvents: this.counters.strayEvents,
       invalidMessages: this.counters.invalidMessages,
+      localPrefills: this.counters.localPrefills,
       fencedRooms: this.fence.size,
       region: { ...this.region.stats },
     };
@@ -222,6 +225,7 @@ export class DecodeWorker {
     this.deps ??= this.requestDeps();
     const request = new DecodeRequest(this.deps, body, writer);
     this.requests.set(body.request_id, request);
+    if (request.prefillsLocally) this.counters.localPrefills++;
     request.start();
   }
 

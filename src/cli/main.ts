@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { ConsoleSpanExporter } from '@opentelemetry/sdk-trace-base';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import type { RoutingMode } from '../actors/router.js';
 import type { Deadlines } from '../limits.js';
 import { consoleLogger, logLevels, type Logger, type LogLevel } from '../log.js';
 import { pinoLogger } from '../log-pino.js';
@@ -29,7 +30,7 @@ function nonNegative(value: string): number {
 
 /** Options every command shares: the model, the engine, KV pages, seed, logging, shutdown. */
 function withCommonOptions(command: Command): Command {
-  return command
+  return withRoutingOptions(command)
     .addOption(new Option('--model-name <name>', 'name clients use in the model field').default('tandem-sim').env('TANDEM_MODEL_NAME'))
     .addOption(new Option('--speedup <x>', "divide the sim engine's step times by x ('inf' for zero time)").default(1).argParser(nonNegative).env('TANDEM_SPEEDUP'))
     .addOption(new Option('--kv-bytes-per-token <n>', 'KV bytes per token of the sim model').default(64).argParser(integer(8)))
@@ -46,6 +47,31 @@ function withCommonOptions(command: Command): Command {
         .argParser(parseDeadlines)
         .env('TANDEM_DEADLINES'),
     );
+}
+
+/** Routing options: how prefill workers are picked, when decode workers prefill locally, migration. */
+function withRoutingOptions(command: Command): Command {
+  return command
+    .addOption(new Option('--routing <mode>', 'how prefill workers are picked (kv-aware: by cached prefix and load; every process must agree)').choices(['round-robin', 'random', 'kv-aware']).default('round-robin').env('TANDEM_ROUTING'))
+    .addOption(new Option('--overlap-weight <x>', 'kv-aware cost of one uncached prefill block relative to one block in flight').default(1).argParser(nonNegative))
+    .addOption(new Option('--router-temperature <x>', 'kv-aware softmax temperature over costs (0 always picks a cheapest worker)').default(0).argParser(nonNegative))
+    .addOption(new Option('--local-prefill-tokens-max <n>', 'conditional disaggregation: decode workers prefill prompts with at most n uncached tokens themselves').argParser(integer(0)))
+    .addOption(new Option('--prefill-busy-blocks <n>', 'conditional disaggregation: decode workers prefill themselves while every prefill worker has n blocks in flight').argParser(integer(1)))
+    .addOption(new Option('--migrations-max <n>', 'times a request moves to another decode worker when its worker dies mid-stream (0 disables)').default(2).argParser(integer(0)));
+}
+
+/** The routing part of a cluster config, from `withRoutingOptions`. */
+function routingConfig(options: Options): Pick<ClusterConfig, 'routing' | 'overlapWeight' | 'routerTemperature' | 'conditionalDisaggregation' | 'migrationsMax'> {
+  const localPrefillTokensMax = options.localPrefillTokensMax as number | undefined;
+  const prefillBusyBlocks = options.prefillBusyBlocks as number | undefined;
+  const conditional = localPrefillTokensMax !== undefined || prefillBusyBlocks !== undefined;
+  return {
+    routing: options.routing as RoutingMode,
+    overlapWeight: options.overlapWeight as number,
+    routerTemperature: options.routerTemperature as number,
+    migrationsMax: options.migrationsMax as number,
+    ...(conditional ? { conditionalDisaggregation: { ...(localPrefillTokensMax !== undefined ? { localPrefillTokensMax } : {}), ...(prefillBusyBlocks !== undefined ? { prefillBusyBlocks } : {}) } } : {}),
+  };
 }
 
 const deadlineStates = ['bootstrap', 'allocation', 'prefill', 'transfer', 'polling', 'cleanup', 'decode'] as const;
@@ -138,6 +164,7 @@ function baseConfig(options: Options): ClusterConfig {
     logLevel: options.logLevel as LogLevel,
     log: loggerFor(options),
     deadlines: options.deadlines as Partial<Deadlines> | undefined,
+    ...routingConfig(options),
     trace: traceConfig(options),
     ...(options.otelConsole === true ? { otel: { exporter: new ConsoleSpanExporter() } } : {}),
     engine: {

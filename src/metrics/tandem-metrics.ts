@@ -97,6 +97,17 @@ export class TandemMetrics {
     help: 'Bootstrap attempts after the first one (another prefill worker asked for a room).',
     registers: [this.registry],
   });
+  private readonly migrations = new Counter({
+    name: 'tandem_migrations_total',
+    help: 'Requests moved to another decode worker because theirs died mid-stream.',
+    registers: [this.registry],
+  });
+  private readonly prefillPlacements = new Counter({
+    name: 'tandem_prefill_placements_total',
+    help: "Where prompts were prefilled: 'remote' on a prefill worker, 'local' on the decode worker (with the reason).",
+    labelNames: ['where', 'reason'] as const,
+    registers: [this.registry],
+  });
   private readonly workerDeaths = new Counter({
     name: 'tandem_worker_deaths_seen_total',
     help: 'Workers seen leaving discovery (deregistered, or their heartbeat went stale), by role.',
@@ -202,6 +213,14 @@ export class TandemMetrics {
 
   recordBootstrapRetry(): void {
     this.bootstrapRetries.inc();
+  }
+
+  recordMigration(): void {
+    this.migrations.inc();
+  }
+
+  recordPrefillPlacement(where: 'remote' | 'local', reason: string): void {
+    this.prefillPlacements.inc({ where, reason });
   }
 
   recordWorkerDeath(role: string): void {

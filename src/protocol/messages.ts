@@ -70,6 +70,8 @@ export const messageSchemas = {
     deadlines: wireDeadlines.optional(),
     /** W3C trace context of the request, for logs on every actor (optional: older senders omit it). */
     traceparent: traceparent.optional(),
+    /** Prefill on the decode worker instead of a prefill worker (conditional disaggregation). */
+    prefill_locally: z.boolean().optional(),
   }),
   /** decode → frontend (stream chunk): tokens in order, `index` of the first one. */
   tokens: z.strictObject({ request_id: id, index: uint, tokens: z.array(uint).min(1) }),

@@ -1,17 +1,20 @@
 import type { Random } from '../random/random.js';
 import { assert } from '../util/assert.js';
 
-/** A candidate worker and its current decode load. */
+/** A candidate worker and its current load. */
 export interface WorkerCandidate {
   /** The worker's id, as used in the KV indexer. */
   worker: string;
-  /** KV blocks held by the sequences it is decoding now. */
-  activeDecodeBlocks: number;
+  /**
+   * KV blocks of the work in flight on the worker: the "active decode blocks" of the cost. For a
+   * prefill worker it is the prompt blocks routed to it and not yet answered (see PrefillLoad).
+   */
+  activeBlocks: number;
 }
 
 /** Weights of the KV-aware cost; configurable per deployment and per request. */
 export interface KvSelectionOptions {
-  /** Cost of one block of prefill the worker does not have cached, relative to one active decode block. Default 1. */
+  /** Cost of one block of prefill the worker does not have cached, relative to one active block. Default 1. */
   overlapWeight?: number;
   /** Softmax temperature over normalised costs; 0 (the default) always picks a lowest-cost worker. */
   temperature?: number;
@@ -21,7 +24,7 @@ export interface KvSelectionOptions {
 export interface WorkerCost {
   /** The worker's id. */
   worker: string;
-  /** `overlapWeight × uncachedPrefillBlocks + activeDecodeBlocks`; lower is better. */
+  /** `overlapWeight × uncachedPrefillBlocks + activeBlocks`; lower is better. */
   cost: number;
 }
 
@@ -36,9 +39,9 @@ export function workerCosts(
   overlapWeight = 1,
 ): WorkerCost[] {
   assert(requestBlocks >= 0 && overlapWeight >= 0, 'requestBlocks and overlapWeight must not be negative');
-  return candidates.map(({ worker, activeDecodeBlocks }) => {
+  return candidates.map(({ worker, activeBlocks }) => {
     const cachedBlocks = Math.min(matched.get(worker) ?? 0, requestBlocks);
-    return { worker, cost: overlapWeight * (requestBlocks - cachedBlocks) + activeDecodeBlocks };
+    return { worker, cost: overlapWeight * (requestBlocks - cachedBlocks) + activeBlocks };
   });
 }
 

@@ -8,10 +8,25 @@ import type { Subscription, Transport } from '../transport/transport.js';
 import { selectKvAwareWorker, workerCosts, type KvSelectionOptions } from './kv-aware-selection.js';
 import { KvIndexer, type KvEvent, type KvIndexerOptions } from './kv-indexer.js';
 
+/** How one ranking is priced: per-request weights and the workers' current load. */
+export interface KvRankOptions {
+  /** Weights for this request, over the deployment's. */
+  selection?: KvSelectionOptions;
+  /** KV blocks of work in flight on a worker (the cost's load term); 0 for all when absent. */
+  activeBlocks?: (worker: string) => number;
+}
+
+/** Prefill workers best first, and how much of the prompt the first one has cached. */
+export interface PrefillRanking {
+  workers: WorkerRecord[];
+  /** Prompt tokens the first worker holds in its prefix cache, as far as the index knows. */
+  cachedTokens: number;
+}
+
 /** What a Router asks to order prefill workers by cached prefix; `KvRouterFeed` is the real one. */
 export interface KvPrefillRanker {
   /** `workers` reordered best first for a prompt of `tokens`; the input order breaks equal costs after the first. */
-  rank(workers: readonly WorkerRecord[], tokens: readonly number[]): WorkerRecord[];
+  rank(workers: readonly WorkerRecord[], tokens: readonly number[], options?: KvRankOptions): PrefillRanking;
 }
 
 /** How to build a KvRouterFeed. */
@@ -79,17 +94,19 @@ export class KvRouterFeed implements KvPrefillRanker {
     this.indexer.apply(event);
   }
 
-  rank(workers: readonly WorkerRecord[], tokens: readonly number[]): WorkerRecord[] {
-    if (workers.length < 2) return [...workers];
+  rank(workers: readonly WorkerRecord[], tokens: readonly number[], options: KvRankOptions = {}): PrefillRanking {
+    if (workers.length === 0) return { workers: [], cachedTokens: 0 };
     const hashes = blockHashes(tokens, this.blockTokens);
     const matched = this.indexer.match(hashes);
-    const candidates = workers.map((record) => ({ worker: record.instanceId, activeDecodeBlocks: 0 }));
-    const { selection = {} } = this.options;
+    const candidates = workers.map((record) => ({ worker: record.instanceId, activeBlocks: options.activeBlocks?.(record.instanceId) ?? 0 }));
+    const selection = { ...this.options.selection, ...options.selection };
     const best = selectKvAwareWorker(candidates, hashes.length, matched, this.options.random, selection);
     const costs = new Map(workerCosts(candidates, hashes.length, matched, selection.overlapWeight ?? 1).map((c) => [c.worker, c.cost]));
     const cost = (record: WorkerRecord): number => (record.instanceId === best ? -Infinity : costs.get(record.instanceId)!);
     // Array.prototype.sort is stable, so equal costs keep the caller's (round-robin) order.
-    return [...workers].sort((a, b) => cost(a) - cost(b));
+    const ranked = [...workers].sort((a, b) => cost(a) - cost(b));
+    const cachedBlocks = Math.min(matched.get(ranked[0]!.instanceId) ?? 0, hashes.length);
+    return { workers: ranked, cachedTokens: cachedBlocks * this.blockTokens };
   }
 
   private resync(worker: string): void {

@@ -16,6 +16,8 @@ import type { Clock } from '../time/clock.js';
 import { realClock, realSeed } from '../time/real-clock.js';
 import { RequestTracer, type OtelOptions } from '../trace/otel.js';
 import { KvRouterFeed } from '../routing/kv-router-feed.js';
+import type { ConditionalDisaggregation } from '../routing/prefill-placement.js';
+import type { RoutingMode } from '../actors/router.js';
 import { memoryBackends, type BackendsFactory } from './backends.js';
 
 /** Options of the sim engine each worker runs (the clock is the cluster's). */
@@ -51,10 +53,14 @@ export interface ClusterConfig {
   streamIdleTimeoutMs?: number;
   /** How many times the frontend moves a request whose decode worker died mid-stream to another one; 0 disables; default 2. */
   migrationsMax?: number;
-  /** How prefill workers are picked: 'round-robin' (default) or 'kv-aware' (by cached prefix, from the workers' KV events). */
-  routing?: 'round-robin' | 'kv-aware';
-  /** KV-aware routing: cost of one uncached prefill block relative to one active decode block; default 1. */
+  /** How prefill workers are picked: 'round-robin' (default), 'random' (seeded) or 'kv-aware' (by cached prefix and load, from the workers' KV events). */
+  routing?: RoutingMode;
+  /** KV-aware routing: cost of one uncached prefill block relative to one block of work in flight; default 1. */
   overlapWeight?: number;
+  /** KV-aware routing: softmax temperature over normalised costs; 0 (the default) always picks a cheapest worker. */
+  routerTemperature?: number;
+  /** When decode workers prefill prompts themselves instead of a prefill worker; absent (the default) never. */
+  conditionalDisaggregation?: ConditionalDisaggregation;
   /** Log level of the default logger; default 'info'. */
   logLevel?: LogLevel;
   /** A logger to use instead of the default. */
@@ -160,7 +166,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         random: random.split('kv-router'),
         log: log.child({ actor: 'kv-router' }),
         ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
-        selection: { overlapWeight: config.overlapWeight ?? 1 },
+        selection: { overlapWeight: config.overlapWeight ?? 1, temperature: config.routerTemperature ?? 0 },
       })
     : undefined;
   kvFeed?.start();
@@ -205,6 +211,9 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
           streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
           ...(config.migrationsMax !== undefined ? { migrationsMax: config.migrationsMax } : {}),
           ...(kvFeed ? { kvFeed } : {}),
+          routing: config.routing ?? 'round-robin',
+          ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
+          ...(config.conditionalDisaggregation ? { conditionalDisaggregation: config.conditionalDisaggregation } : {}),
           metrics,
           traceRandom: random.split('traceparent'),
           inspection,

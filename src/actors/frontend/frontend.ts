@@ -12,11 +12,13 @@ import type { TandemMetrics } from '../../metrics/tandem-metrics.js';
 import type { Random } from '../../random/random.js';
 import { sleep, waitUntil, type Clock } from '../../time/clock.js';
 import type { KvPrefillRanker } from '../../routing/kv-router-feed.js';
+import type { PrefillLoadTicket } from '../../routing/prefill-load.js';
+import { placePrefill, type ConditionalDisaggregation } from '../../routing/prefill-placement.js';
 import type { Transport } from '../../transport/transport.js';
 import { decode, encode } from '../../protocol/codec.js';
 import { subjects } from '../../protocol/subjects.js';
 import { continueTrace, formatTraceparent } from '../../trace/traceparent.js';
-import { Router } from '../router.js';
+import { Router, type RoutingMode } from '../router.js';
 import { generate, type GenerationEvent, type GenerationPlan } from './generation.js';
 import { httpError, httpFailure } from './http-error.js';
 import { chatSchema, completionSchema, type ChatBody, type CompletionBody } from './openai-schemas.js';
@@ -37,8 +39,14 @@ export interface FrontendOptions {
   port: number;
   /** A stream from a decode worker that is silent this long fails with a timeout. */
   streamIdleTimeoutMs: number;
-  /** KV-aware prefill ranking; round-robin when absent. */
+  /** KV-aware prefill ranking; needed by (and implying) routing 'kv-aware'. */
   kvFeed?: KvPrefillRanker;
+  /** How prefill workers are picked; default 'kv-aware' with a `kvFeed`, else 'round-robin'. */
+  routing?: RoutingMode;
+  /** Tokens per prefix block (the engines' prefix-cache blocks); default 16. */
+  blockTokens?: number;
+  /** When decode workers prefill prompts themselves; absent (the default) never. */
+  conditionalDisaggregation?: ConditionalDisaggregation;
   /** Transitions of this process's machines; the web UI at /ui shows them. */
   inspection?: InspectionRecorder;
   /** Metrics to record requests in and to serve on GET /metrics; without them there is no /metrics route. */
@@ -74,9 +82,15 @@ export class Frontend {
   private address = '';
   private traceRandom: Random | undefined;
   private migrationCount = 0;
+  private readonly placements = { remote: 0, local: 0 };
 
   constructor(private readonly options: FrontendOptions) {
-    this.router = new Router(options.discovery, options.engine.model.name, options.kvFeed);
+    this.router = new Router(options.discovery, options.engine.model.name, {
+      ...(options.kvFeed ? { kv: options.kvFeed } : {}),
+      ...(options.routing ? { mode: options.routing } : {}),
+      ...(options.blockTokens !== undefined ? { blockTokens: options.blockTokens } : {}),
+      random: options.random.split('routing'),
+    });
     this.app = Fastify({ bodyLimit: options.limits.httpBodyBytesMax, logger: false, return503OnClosing: true });
     this.routes();
   }
@@ -93,6 +107,11 @@ export class Frontend {
   /** How many times a request moved to another decode worker because its worker died mid-stream. */
   get migrations(): number {
     return this.migrationCount;
+  }
+
+  /** How many prompts went to a prefill worker ('remote') and how many a decode worker prefilled ('local'). */
+  get prefillPlacements(): { remote: number; local: number } {
+    return { ...this.placements };
   }
 
   async start(): Promise<void> {
@@ -202,9 +221,10 @@ export class Frontend {
   private async serve(kind: ResponseKind, request: FastifyRequest, reply: FastifyReply, parse: () => CompletionBody | ChatBody): Promise<void> {
     let plan: GenerationPlan;
     let body: CompletionBody | ChatBody;
+    let prefillTicket: PrefillLoadTicket | undefined;
     try {
       body = parse();
-      plan = this.plan(kind, body);
+      ({ plan, prefillTicket } = this.plan(kind, body));
     } catch (error) {
       const failure = TandemError.from(error);
       const { status, body: errorBody } = httpError(failure, (error as { param?: string | null }).param ?? null);
@@ -228,13 +248,15 @@ export class Frontend {
         migrationsMax: this.options.migrationsMax ?? migrationsMaxDefault,
         onMigration: (migration) => {
           this.migrationCount++;
+          this.options.metrics?.recordMigration();
           this.options.log.info('request migrated', { request: migration.requestId, from: migration.from, completion_tokens: migration.completionTokens, code: migration.cause.code, error: migration.cause.message });
         },
       },
       plan,
       controller.signal,
     );
-    const events = this.options.metrics ? meteredGeneration(generation, this.options.metrics, this.options.clock, startedAtMs) : generation;
+    const routed = prefillTicket ? endingLoadOnFirstEvent(generation, prefillTicket) : generation;
+    const events = this.options.metrics ? meteredGeneration(routed, this.options.metrics, this.options.clock, startedAtMs) : routed;
     // A client that goes away cancels its request, streamed or not.
     const onClose = (): void => {
       if (!reply.raw.writableFinished) controller.abort(new TandemError(ErrorCode.Cancelled, 'the client went away'));
@@ -251,14 +273,20 @@ export class Frontend {
         await reply.status(status).send(errorBody);
       }
     } finally {
+      prefillTicket?.end();
       reply.raw.off('close', onClose);
       this.inFlight.delete(controller);
       if (this.inFlight.size === 0) for (const resolve of this.drained.splice(0)) resolve();
     }
   }
 
-  /** Validates limits, tokenizes and picks workers. Throws TandemError for the client. */
-  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): GenerationPlan {
+  /**
+   * Validates limits, tokenizes and picks workers: the decode worker in turn, the prefill
+   * candidates by the routing mode, and whether the decode worker prefills locally. A remote
+   * prefill counts against its worker's load until the first tokens arrive. Throws TandemError
+   * for the client.
+   */
+  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: PrefillLoadTicket } {
     const { engine, limits, random } = this.options;
     if (body.model !== engine.model.name) {
       throw new TandemError(ErrorCode.ModelNotFound, `model '${body.model}' is not served here; try '${engine.model.name}'`);
@@ -285,7 +313,15 @@ export class Frontend {
     }
     const decode = this.router.decodeCandidates();
     if (decode.length === 0) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
-    return {
+    const weights = body.routing;
+    const selection = weights ? { ...(weights.overlap_weight != null ? { overlapWeight: weights.overlap_weight } : {}), ...(weights.temperature != null ? { temperature: weights.temperature } : {}) } : undefined;
+    const prefill = this.router.choosePrefill(promptTokens, selection);
+    const placement = placePrefill(prefill, this.router.load, this.options.conditionalDisaggregation);
+    this.placements[placement.where]++;
+    this.options.metrics?.recordPrefillPlacement(placement.where, placement.where === 'local' ? placement.reason : 'disaggregated');
+    const first = prefill.candidates[0];
+    const prefillTicket = placement.where === 'remote' && first ? this.router.load.begin(first.instanceId, Math.ceil(prefill.uncachedTokens / this.router.blockTokens)) : undefined;
+    const plan: GenerationPlan = {
       requestId: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${random.id(24)}`,
       model: engine.model.name,
       promptTokens,
@@ -299,8 +335,10 @@ export class Frontend {
       stops: body.stop == null ? [] : [body.stop].flat(),
       deadlines: body.deadlines ?? undefined,
       decode,
-      prefill: this.router.prefillCandidates(promptTokens),
+      prefill: prefill.candidates,
+      ...(placement.where === 'local' ? { prefillLocally: true } : {}),
     };
+    return { plan, ...(prefillTicket ? { prefillTicket } : {}) };
   }
 
   private async collect(events: AsyncGenerator<GenerationEvent>, shape: ReturnType<typeof responseShape>): Promise<unknown> {
@@ -363,5 +401,17 @@ async function send(res: ServerResponse, payload: unknown): Promise<void> {
       res.on('drain', done);
       res.on('close', done);
     });
+  }
+}
+
+/** Passes `events` on, ending the prefill's load ticket at the first one (the prompt is prefilled by then). */
+async function* endingLoadOnFirstEvent<T>(events: AsyncGenerator<T>, ticket: PrefillLoadTicket): AsyncGenerator<T> {
+  try {
+    for await (const event of events) {
+      ticket.end();
+      yield event;
+    }
+  } finally {
+    ticket.end();
   }
 }

@@ -22,6 +22,8 @@ export interface GenerationPlan {
   prefill: WorkerRecord[];
   /** W3C trace context carried to every actor that touches the request. */
   traceparent?: string;
+  /** Ask the decode worker to prefill the prompt itself (conditional disaggregation). */
+  prefillLocally?: boolean;
 }
 
 export type GenerationEvent =
@@ -134,6 +136,7 @@ function encodeGenerate(plan: GenerationPlan): Uint8Array {
     prefill_candidates: plan.prefill.map((worker) => ({ instance_id: worker.instanceId, subject_prefix: worker.subjectPrefix })),
     ...(plan.deadlines ? { deadlines: plan.deadlines } : {}),
     ...(plan.traceparent ? { traceparent: plan.traceparent } : {}),
+    ...(plan.prefillLocally ? { prefill_locally: true } : {}),
   });
 }
 

@@ -33,6 +33,13 @@ function shared(limits: Limits) {
         decode_ms: deadlineMs,
       })
       .nullish(),
+    /** KV-aware routing weights of this request (an extension), overriding the deployment's. */
+    routing: z
+      .strictObject({
+        overlap_weight: z.number().min(0).max(1_000_000).nullish(),
+        temperature: z.number().min(0).max(100).nullish(),
+      })
+      .nullish(),
   };
 }
 

@@ -1,0 +1,45 @@
+import { assert } from '../util/assert.js';
+
+/** One prefill counted against a worker until `end()`; ending twice is harmless. */
+export interface PrefillLoadTicket {
+  end(): void;
+}
+
+/**
+ * The prefill work a frontend has routed to each prefill worker and not yet seen answered, in
+ * KV blocks. It is the load term of KV-aware routing and what tells conditional disaggregation
+ * that the prefill workers are busy. It counts only this frontend's requests: a deployment with
+ * several frontends sees each one's share, which is enough to steer away from a queue it built.
+ */
+export class PrefillLoad {
+  private readonly blocks = new Map<string, number>();
+
+  /** Counts `blockCount` blocks against `worker` until the ticket ends. */
+  begin(worker: string, blockCount: number): PrefillLoadTicket {
+    assert(Number.isInteger(blockCount) && blockCount >= 0, `blockCount must be a natural number, got ${blockCount}`);
+    this.blocks.set(worker, (this.blocks.get(worker) ?? 0) + blockCount);
+    let open = true;
+    return {
+      end: () => {
+        if (!open) return;
+        open = false;
+        const left = (this.blocks.get(worker) ?? 0) - blockCount;
+        assert(left >= 0, `prefill load of ${worker} went negative`);
+        if (left === 0) this.blocks.delete(worker);
+        else this.blocks.set(worker, left);
+      },
+    };
+  }
+
+  /** Blocks in flight on `worker`. */
+  blocksOf(worker: string): number {
+    return this.blocks.get(worker) ?? 0;
+  }
+
+  /** Blocks in flight on every worker together. */
+  get totalBlocks(): number {
+    let total = 0;
+    for (const count of this.blocks.values()) total += count;
+    return total;
+  }
+}
