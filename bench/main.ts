@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { createCluster, silentLogger } from '../src/index.js';
 import { benchFabric } from './fabric.js';
 import { benchNats } from './nats.js';
+import { compareRouting } from '../simulations/routing-bench.js';
 
 const { values } = parseArgs({
   options: {
@@ -15,7 +16,8 @@ const { values } = parseArgs({
     'max-tokens': { type: 'string', default: '16' },
     'prompt-bytes': { type: 'string', default: '128' },
     rounds: { type: 'string', default: '2' },
-    only: { type: 'string', default: 'embedded,fabric,nats,sim' },
+    only: { type: 'string', default: 'embedded,fabric,nats,sim,routing' },
+    'routing-requests': { type: 'string', default: '400' },
     'sim-requests': { type: 'string', default: '5000' },
     'nats-requests': { type: 'string', default: '300' },
   },
@@ -132,6 +134,7 @@ async function benchEmbedded(): Promise<void> {
 if (sections.has('embedded')) await benchEmbedded();
 if (sections.has('fabric')) await benchFabric();
 if (sections.has('nats')) await benchNats(Number(values['nats-requests']));
+if (sections.has('routing')) await compareRouting(Number(values['routing-requests']), 1, (line) => console.log(line));
 if (sections.has('sim')) {
   // Simulator speed: the real actors in virtual time on 16 prefill + 16 decode workers, faults on.
   console.log('');

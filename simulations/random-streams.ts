@@ -2,7 +2,7 @@ import { seededRandom } from '../src/internal.js';
 import type { Random } from '../src/index.js';
 
 /** The subsystems that draw random numbers, each from its own stream. */
-export const streamNames = ['workload', 'clients', 'network', 'fabric', 'process', 'ids'] as const;
+export const streamNames = ['workload', 'clients', 'network', 'fabric', 'process', 'ids', 'routing'] as const;
 export type StreamName = (typeof streamNames)[number];
 
 /** One independent random stream per subsystem. */

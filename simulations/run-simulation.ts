@@ -1,7 +1,8 @@
-import { ErrorCode, TandemError, SimEngine, type ReplyStream, type Transport } from '../src/index.js';
-import { Router, runAggregated, VirtualClock } from '../src/internal.js';
+import { ErrorCode, TandemError, SimEngine, silentLogger, type ReplyStream, type Transport } from '../src/index.js';
+import { KvRouterFeed, Router, runAggregated, VirtualClock } from '../src/internal.js';
 import { generate, type GenerationPlan } from '../src/actors/frontend/generation.js';
 import type { SimFabricNetworkStats } from '../src/fabric/sim/sim-fabric.js';
+import type { SimEngineStats } from '../src/engine/sim/sim-engine.js';
 import { EventQueueClock, type SteppableClock } from './event-queue-clock.js';
 import { expandFaultSchedule, describeFault } from './fault-schedule.js';
 import { FaultyNetwork } from './faulty-network.js';
@@ -60,7 +61,8 @@ export interface SimulationResult {
   /** Notable things the run exercised. */
   observed: Record<string, number>;
   fabric: SimFabricNetworkStats;
-  workers: Array<{ actor: string; epoch: number; crashes: number; up: boolean; stats: unknown }>;
+  /** Each worker's counters and its current incarnation's engine counters. */
+  workers: Array<{ actor: string; epoch: number; crashes: number; up: boolean; stats: unknown; engine: SimEngineStats }>;
 }
 
 const cancelled = (): TandemError => new TandemError(ErrorCode.Cancelled, 'the client went away');
@@ -143,7 +145,25 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
     }, fault.atMs - clock.now());
   }
 
-  const router = new Router(cluster.discovery, cluster.clientEngine.model.name);
+  // The client's router, as a frontend would run it; KV events reach it over the client's faulty transport.
+  const { routing } = scenario.cluster;
+  const kvFeed =
+    routing === 'kv-aware'
+      ? new KvRouterFeed({
+          transport: cluster.clientTransport,
+          discovery: cluster.discovery,
+          random: streams.routing.split('kv-router'),
+          log: silentLogger,
+          ...(scenario.cluster.engine.prefixBlockTokens !== undefined ? { blockTokens: scenario.cluster.engine.prefixBlockTokens } : {}),
+        })
+      : undefined;
+  kvFeed?.start();
+  const router = new Router(cluster.discovery, cluster.clientEngine.model.name, {
+    mode: routing,
+    ...(kvFeed ? { kv: kvFeed } : {}),
+    random: streams.routing.split('router'),
+    ...(scenario.cluster.engine.prefixBlockTokens !== undefined ? { blockTokens: scenario.cluster.engine.prefixBlockTokens } : {}),
+  });
   const runClient = async (spec: RequestSpec): Promise<void> => {
     sent++;
     const record = checker.request(spec);
@@ -178,13 +198,17 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
       sampling: { temperature: spec.temperature, top_p: 1, seed: spec.seed, max_tokens: spec.maxTokens, ignore_eos: spec.ignoreEos },
       stops: [],
       decode,
-      prefill: router.prefillCandidates(),
+      prefill: [],
     };
+    const prefill = router.choosePrefill(plan.promptTokens);
+    plan.prefill = prefill.candidates;
+    const prefillTicket = prefill.candidates[0] ? router.load.begin(prefill.candidates[0].instanceId, Math.ceil(prefill.uncachedTokens / router.blockTokens)) : undefined;
     const transport = recordingTransport(cluster.clientTransport, (chunk) => checker.clientChunk(record, chunk));
     let outcome: Omit<ClientOutcome, 'atMs'> | undefined;
     try {
       const deps = { transport, engine: cluster.clientEngine, idleTimeoutMs: scenario.cluster.streamIdleTimeoutMs };
       for await (const event of generate(deps, plan, controller.signal)) {
+        prefillTicket?.end();
         if (event.type === 'text') record.text += event.text;
         else outcome = { status: 'done', finishReason: event.finishReason, completionTokens: event.completionTokens };
       }
@@ -194,6 +218,7 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
       const failure = error instanceof TandemError ? error : undefined;
       outcome = { status: wasCancelled ? 'cancelled' : 'failed', code: failure?.code, message: failure?.message ?? String(error) };
     } finally {
+      prefillTicket?.end();
       if (cancelTimer !== undefined) clock.clearTimeout(cancelTimer);
     }
     finish(outcome);
@@ -277,7 +302,8 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
     checker.checkPools(cluster.slots);
     const transport = cluster.transport.stats();
     const live = cluster.slots.filter((slot) => slot.up);
-    const expectedSubscriptions = live.reduce((sum, slot) => sum + slot.startedSubscriptions, 0);
+    // The client's KV router listens on one subscription of its own.
+    const expectedSubscriptions = live.reduce((sum, slot) => sum + slot.startedSubscriptions, 0) + (kvFeed ? 1 : 0);
     const extra: string[] = [];
     if (transport.pendingRequestCount !== 0) extra.push(`transport: ${transport.pendingRequestCount} requests pending`);
     if (transport.openStreamCount !== 0) extra.push(`transport: ${transport.openStreamCount} streams open`);
@@ -299,9 +325,11 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
   }
   if (!stopped() && options.checkOutputs !== false) await checkOutputs(checker, records.values(), scenario);
 
-  const workers = cluster.slots.map((slot) => ({ actor: slot.actor, epoch: slot.epoch, crashes: slot.crashes, up: slot.up, stats: slot.worker.stats() }));
+  const workers = cluster.slots.map((slot) => ({ actor: slot.actor, epoch: slot.epoch, crashes: slot.crashes, up: slot.up, stats: slot.worker.stats(), engine: slot.engine.stats() }));
   const fabric = { ...cluster.fabricNetwork.stats };
   const virtualMs = clock.now();
+  if (kvFeed) checker.observed['kv-router sequence gaps'] = kvFeed.indexer.stats().gaps;
+  kvFeed?.stop();
   await cluster.close();
   if (!stopped() && cluster.transport.stats().subscriptionCount !== 0) {
     checker.violate('quiescence', `${cluster.transport.stats().subscriptionCount} subscriptions left after every worker stopped`);

@@ -25,6 +25,8 @@ export interface ClusterShape {
   streamIdleTimeoutMs: number;
   /** How long discovery keeps listing a crashed worker (its heartbeat TTL), ms. */
   discoveryTtlMs: number;
+  /** How the client picks prefill workers; 'kv-aware' makes prefill workers publish KV events (over the faulty transport). */
+  routing: 'round-robin' | 'random' | 'kv-aware';
 }
 
 /** A distribution of integers: uniform in [min, max], or log-normal around a median, clamped. */
@@ -119,6 +121,7 @@ export const defaultCluster: ClusterShape = {
   limits: {},
   streamIdleTimeoutMs: 60_000,
   discoveryTtlMs: 3_000,
+  routing: 'round-robin',
 };
 
 export const defaultWorkload: WorkloadSpec = {
@@ -225,6 +228,7 @@ export function validateScenario(scenario: Scenario): void {
   positiveInt('cluster.decodeWorkers', cluster.decodeWorkers);
   positiveInt('cluster.pageBytes', cluster.pageBytes);
   positiveInt('cluster.pageCount', cluster.pageCount);
+  if (!['round-robin', 'random', 'kv-aware'].includes(cluster.routing)) problems.push(`cluster.routing must be round-robin, random or kv-aware, got ${String(cluster.routing)}`);
   nonNegative('cluster.transportLatencyMs', cluster.transportLatencyMs);
   nonNegative('cluster.fabric.latencyMs', cluster.fabric.latencyMs);
   if (!(cluster.fabric.bytesPerMs > 0)) problems.push('cluster.fabric.bytesPerMs must be > 0');

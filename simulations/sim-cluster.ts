@@ -1,5 +1,5 @@
 import type { InspectionEvent } from 'xstate';
-import { SimEngine, type Discovery, type Fabric, type Logger, type Random } from '../src/index.js';
+import { SimEngine, type Discovery, type EngineKvEvent, type Fabric, type Logger, type Random } from '../src/index.js';
 import { DecodeWorker, MemoryDiscovery, MemoryTransport, PrefillWorker, SimFabricNetwork } from '../src/internal.js';
 import type { SimFabric, SimWriteInfo } from '../src/fabric/sim/sim-fabric.js';
 import type { SimRegion } from '../src/fabric/sim/sim-region.js';
@@ -201,8 +201,8 @@ export class SimCluster {
     await this.transport.close();
   }
 
-  private newEngine(): SimEngine {
-    return new SimEngine({ ...this.scenario.cluster.engine, clock: this.clock });
+  private newEngine(onKvEvent?: (event: EngineKvEvent) => void): SimEngine {
+    return new SimEngine({ ...this.scenario.cluster.engine, clock: this.clock, ...(onKvEvent ? { onKvEvent } : {}) });
   }
 
   /** Builds the worker objects of the slot's current epoch. */
@@ -210,7 +210,9 @@ export class SimCluster {
     const { scenario, clock, observer } = this;
     const { actor, role, instanceId, epoch } = slot;
     const alive = (): boolean => slot.up && slot.epoch === epoch;
-    const engine = this.newEngine();
+    // With KV-aware routing a prefill engine reports its cache changes through its worker, bound late.
+    const publishesKv = role === 'prefill' && scenario.cluster.routing === 'kv-aware';
+    const engine = this.newEngine(publishesKv ? (event) => (slot.worker as PrefillWorker).publishKvEvent(event) : undefined);
     const simFabric = this.fabricNetwork.attach(instanceId);
     const transport = new FaultyTransport(this.transport, actor, this.network, clock, observer.traffic);
     const fabric: Fabric = {

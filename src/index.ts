@@ -12,7 +12,9 @@ export type { Cluster, ClusterConfig, SimEngineConfig } from './runtime/cluster.
 export type { WireError } from './errors.js';
 export type { Deadlines, Limits } from './limits.js';
 export type { Logger, LogLevel } from './log.js';
-export type { Engine, ModelInfo, SamplingParams, ChatMessage } from './engine/engine.js';
+export type { Engine, EngineKvEvent, ModelInfo, SamplingParams, ChatMessage } from './engine/engine.js';
+export type { RoutingMode } from './actors/router.js';
+export type { ConditionalDisaggregation, PrefillPlacement } from './routing/prefill-placement.js';
 export type { Fabric, Region, RegionDescriptor, FabricConnection } from './fabric/fabric.js';
 export type { Transport, TransportError, ReplyStream, StreamWriter, MessageHeaders, PublishOptions } from './transport/transport.js';
 export type { OtelOptions } from './trace/otel.js';
