@@ -102,6 +102,11 @@ export class InvariantChecker {
     this.onViolation(violation);
   }
 
+  /** The client request behind a request id; a migrated attempt is named `<id>-m<n>`. */
+  private recordOf(requestId: string): RequestRecord | undefined {
+    return this.records.get(requestId) ?? this.records.get(requestId.replace(/-m\d+$/, ''));
+  }
+
   count(what: string): void {
     this.observed[what] = (this.observed[what] ?? 0) + 1;
   }
@@ -121,7 +126,7 @@ export class InvariantChecker {
     this.trace.add('msg', nowMs, kind, from, to, tail, data.byteLength, fate.fault);
     if (fate.fault === undefined && kind !== 'open') return;
     const requestId = requestIdOf(data);
-    const record = requestId === undefined ? undefined : this.records.get(requestId);
+    const record = requestId === undefined ? undefined : this.recordOf(requestId);
     if (!record) return;
     if (kind === 'open' && to !== undefined) record.decodeActor = to;
     if (fate.fault === undefined) return;
@@ -130,10 +135,11 @@ export class InvariantChecker {
   };
 
   /** A chunk the client's generate() is about to read. */
-  clientChunk(record: RequestRecord, chunk: Uint8Array): void {
+  clientChunk(record: RequestRecord, chunk: Uint8Array, streamBase = 0): void {
     const message = safeUnpack(chunk) as { t?: string; index?: number; tokens?: number[] } | undefined;
     if (message?.t !== 'tokens' || record.refusedChunk !== undefined) return;
-    const expected = record.tokens.length;
+    // Indices restart at 0 on a migrated request's new stream, which began after `streamBase` tokens.
+    const expected = record.tokens.length - streamBase;
     if (message.index !== expected) {
       // generate() refuses it and fails the request; what it accepted stays a clean prefix.
       record.refusedChunk = `a chunk at index ${message.index} when ${expected} was expected`;
@@ -172,7 +178,7 @@ export class InvariantChecker {
   /** An error-level log line or a throwing handler in the runtime. */
   runtimeError(actor: string, message: string, fields: Record<string, unknown>): void {
     const requestId = typeof fields.request === 'string' ? fields.request : undefined;
-    this.violate('runtime-errors', `${actor}: ${message} ${JSON.stringify(fields)}`, [requestId ? this.records.get(requestId) : undefined]);
+    this.violate('runtime-errors', `${actor}: ${message} ${JSON.stringify(fields)}`, [requestId ? this.recordOf(requestId) : undefined]);
   }
 
   /** A fabric fault hit a write of the room `owner`. */
@@ -215,7 +221,7 @@ export class InvariantChecker {
   private begin(event: InspectionEvent & { snapshot: unknown }, machine: SessionRecord['machine'], actor: string, epoch: number, key: string, graph: MachineGraph): void {
     const snapshot = event.snapshot as { value: string; context: MachineContext };
     const nowMs = this.clock.now();
-    const record = this.records.get(snapshot.context.requestId);
+    const record = this.recordOf(snapshot.context.requestId);
     const session: SessionRecord = {
       machine,
       actor,

@@ -203,10 +203,20 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
     const prefill = router.choosePrefill(plan.promptTokens);
     plan.prefill = prefill.candidates;
     const prefillTicket = prefill.candidates[0] ? router.load.begin(prefill.candidates[0].instanceId, Math.ceil(prefill.uncachedTokens / router.blockTokens)) : undefined;
-    const transport = recordingTransport(cluster.clientTransport, (chunk) => checker.clientChunk(record, chunk));
+    const transport = recordingTransport(
+      cluster.clientTransport,
+      () => record.tokens.length,
+      (chunk, base) => checker.clientChunk(record, chunk, base),
+    );
     let outcome: Omit<ClientOutcome, 'atMs'> | undefined;
     try {
-      const deps = { transport, engine: cluster.clientEngine, idleTimeoutMs: scenario.cluster.streamIdleTimeoutMs };
+      const deps = {
+        transport,
+        engine: cluster.clientEngine,
+        idleTimeoutMs: scenario.cluster.streamIdleTimeoutMs,
+        migrationsMax: scenario.cluster.migrationsMax,
+        onMigration: () => checker.count('client migrated a request'),
+      };
       for await (const event of generate(deps, plan, controller.signal)) {
         prefillTicket?.end();
         if (event.type === 'text') record.text += event.text;
@@ -358,13 +368,15 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
 }
 
 /** The client's transport, recording each chunk generate() reads before it reads it. */
-function recordingTransport(inner: Transport, onChunk: (chunk: Uint8Array) => void): Transport {
+function recordingTransport(inner: Transport, tokensSoFar: () => number, onChunk: (chunk: Uint8Array, streamBase: number) => void): Transport {
   return {
     request: (subject, data, options) => inner.request(subject, data, options),
     publish: (subject, data) => inner.publish(subject, data),
     subscribe: (subject, handler, options) => inner.subscribe(subject, handler, options),
     close: () => inner.close(),
     stream: (subject, data, options): ReplyStream => {
+      // A migrated request's new stream counts its tokens from 0 again, after those already received.
+      const base = tokensSoFar();
       const stream = inner.stream(subject, data, options);
       return {
         cancel: () => stream.cancel(),
@@ -373,7 +385,7 @@ function recordingTransport(inner: Transport, onChunk: (chunk: Uint8Array) => vo
           return {
             next: async () => {
               const result = await iterator.next();
-              if (!result.done) onChunk(result.value);
+              if (!result.done) onChunk(result.value, base);
               return result;
             },
             return: async () => (iterator.return ? iterator.return() : { done: true, value: undefined }),

@@ -27,6 +27,8 @@ export interface ClusterShape {
   discoveryTtlMs: number;
   /** How the client picks prefill workers; 'kv-aware' makes prefill workers publish KV events (over the faulty transport). */
   routing: 'round-robin' | 'random' | 'kv-aware';
+  /** How many times the client moves a request whose decode worker died mid-stream to another one; 0 disables. */
+  migrationsMax: number;
 }
 
 /** A distribution of integers: uniform in [min, max], or log-normal around a median, clamped. */
@@ -122,6 +124,7 @@ export const defaultCluster: ClusterShape = {
   streamIdleTimeoutMs: 60_000,
   discoveryTtlMs: 3_000,
   routing: 'round-robin',
+  migrationsMax: 0,
 };
 
 export const defaultWorkload: WorkloadSpec = {
@@ -228,6 +231,7 @@ export function validateScenario(scenario: Scenario): void {
   positiveInt('cluster.decodeWorkers', cluster.decodeWorkers);
   positiveInt('cluster.pageBytes', cluster.pageBytes);
   positiveInt('cluster.pageCount', cluster.pageCount);
+  positiveInt('cluster.migrationsMax', cluster.migrationsMax, 0);
   if (!['round-robin', 'random', 'kv-aware'].includes(cluster.routing)) problems.push(`cluster.routing must be round-robin, random or kv-aware, got ${String(cluster.routing)}`);
   nonNegative('cluster.transportLatencyMs', cluster.transportLatencyMs);
   nonNegative('cluster.fabric.latencyMs', cluster.fabric.latencyMs);
