@@ -81,6 +81,8 @@ describe('request migration', () => {
     // there: the client's text is exactly the uninterrupted run's, nothing repeated or missing.
     expect(migrated.text).toBe(uninterrupted.text);
     expect(cluster.frontend!.migrations).toBe(1);
+    const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+    expect(metrics).toMatch(/^tandem_migrations_total 1$/m);
   });
 
   it('fails the request with a clear error when migration is disabled', async () => {
