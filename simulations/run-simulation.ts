@@ -202,7 +202,8 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
     };
     const prefill = router.choosePrefill(plan.promptTokens);
     plan.prefill = prefill.candidates;
-    const prefillTicket = prefill.candidates[0] ? router.load.begin(prefill.candidates[0].instanceId, Math.ceil(prefill.uncachedTokens / router.blockTokens)) : undefined;
+    const prefillTicket = prefill.candidates[0] ? router.prefillLoad.begin(prefill.candidates[0].instanceId, Math.ceil(prefill.uncachedTokens / router.blockTokens)) : undefined;
+    const decodeTicket = router.decodeLoad.begin(decode[0]!.instanceId, Math.ceil((spec.promptTokens.length + spec.maxTokens) / router.blockTokens));
     const transport = recordingTransport(
       cluster.clientTransport,
       () => record.tokens.length,
@@ -229,6 +230,7 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
       outcome = { status: wasCancelled ? 'cancelled' : 'failed', code: failure?.code, message: failure?.message ?? String(error) };
     } finally {
       prefillTicket?.end();
+      decodeTicket.end();
       if (cancelTimer !== undefined) clock.clearTimeout(cancelTimer);
     }
     finish(outcome);

@@ -13,7 +13,7 @@ export { blockHashes, defaultBlockTokens } from './kv/prefix-hash.js';
 export { KvIndexer } from './routing/kv-indexer.js';
 export { selectKvAwareWorker, workerCosts } from './routing/kv-aware-selection.js';
 export { KvRouterFeed } from './routing/kv-router-feed.js';
-export { PrefillLoad } from './routing/prefill-load.js';
+export { WorkerLoad } from './routing/worker-load.js';
 export { placePrefill } from './routing/prefill-placement.js';
 export { encodeKvPayload, decodeKvPayload, kvPayloadBytes } from './kv/kv-payload.js';
 export { runAggregated } from './engine/aggregated.js';

@@ -6,16 +6,16 @@ import { createCluster, silentLogger, type Cluster, type ClusterConfig } from '.
 import { blockHashes } from '../src/kv/prefix-hash.js';
 import { seededRandom } from '../src/random/random.js';
 import { KvRouterFeed } from '../src/routing/kv-router-feed.js';
-import { PrefillLoad } from '../src/routing/prefill-load.js';
+import { WorkerLoad } from '../src/routing/worker-load.js';
 import { placePrefill } from '../src/routing/prefill-placement.js';
 import { realClock } from '../src/time/real-clock.js';
 import type { Transport } from '../src/transport/transport.js';
 
 const workers = (...ids: string[]) => ids.map((instanceId) => ({ instanceId }));
 
-describe('PrefillLoad', () => {
+describe('WorkerLoad', () => {
   it('counts blocks per worker until each ticket ends, once', () => {
-    const load = new PrefillLoad();
+    const load = new WorkerLoad();
     const a = load.begin('p0', 3);
     const b = load.begin('p0', 2);
     load.begin('p1', 4);
@@ -31,12 +31,12 @@ describe('PrefillLoad', () => {
 
 describe('placePrefill', () => {
   it('always picks a prefill worker when conditional disaggregation is off (the default)', () => {
-    expect(placePrefill({ candidates: [], uncachedTokens: 1 }, new PrefillLoad())).toEqual({ where: 'remote' });
-    expect(placePrefill({ candidates: workers('p0'), uncachedTokens: 1 }, new PrefillLoad())).toEqual({ where: 'remote' });
+    expect(placePrefill({ candidates: [], uncachedTokens: 1 }, new WorkerLoad())).toEqual({ where: 'remote' });
+    expect(placePrefill({ candidates: workers('p0'), uncachedTokens: 1 }, new WorkerLoad())).toEqual({ where: 'remote' });
   });
 
   it('prefills locally when the uncached part is short, the prefill workers are all busy, or there are none', () => {
-    const load = new PrefillLoad();
+    const load = new WorkerLoad();
     const policy = { localPrefillTokensMax: 32, prefillBusyBlocks: 4 };
     expect(placePrefill({ candidates: workers('p0', 'p1'), uncachedTokens: 32 }, load, policy)).toEqual({ where: 'local', reason: 'short' });
     expect(placePrefill({ candidates: workers('p0', 'p1'), uncachedTokens: 33 }, load, policy)).toEqual({ where: 'remote' });
@@ -73,6 +73,25 @@ describe('Router modes', () => {
     expect(new Set(router.choosePrefill([1]).candidates.map((w) => w.instanceId))).toEqual(new Set(['p0', 'p1', 'p2']));
   });
 
+  it('puts the decode worker with the fewest context blocks in flight first with KV-aware routing, round-robin otherwise', async () => {
+    const discovery = new MemoryDiscovery({ clock: realClock });
+    for (const id of ['d0', 'd1', 'd2']) await discovery.register({ instanceId: id, role: 'decode', model: 'm', epoch: 1, subjectPrefix: `tandem.decode.${id}` });
+    const transport = { subscribe: () => ({ unsubscribe: () => {} }) } as unknown as Transport;
+    const feed = new KvRouterFeed({ transport, discovery, random: seededRandom(3), log: silentLogger });
+    const kvAware = new Router(discovery, 'm', { kv: feed });
+    const roundRobin = new Router(discovery, 'm');
+    const d0 = kvAware.decodeLoad.begin('d0', 10);
+    kvAware.decodeLoad.begin('d1', 3);
+    roundRobin.decodeLoad.begin('d0', 10);
+    expect(kvAware.decodeCandidates().map((w) => w.instanceId)).toEqual(['d2', 'd1', 'd0']);
+    expect(kvAware.decodeCandidates().map((w) => w.instanceId)).toEqual(['d2', 'd1', 'd0']);
+    d0.end();
+    // d0 and d2 are both idle now: both are picked, in turn, and the loaded d1 never.
+    const picks = Array.from({ length: 6 }, () => kvAware.decodeCandidates()[0]!.instanceId);
+    expect(new Set(picks)).toEqual(new Set(['d0', 'd2']));
+    expect([0, 1, 2].map(() => roundRobin.decodeCandidates()[0]!.instanceId)).toEqual(['d0', 'd1', 'd2']);
+  });
+
   it('refuses a mode without what it needs', async () => {
     const discovery = await discoveryWith(['p0']);
     expect(() => new Router(discovery, 'm', { mode: 'kv-aware' })).toThrow(/KV ranker/);
@@ -92,10 +111,10 @@ describe('Router modes', () => {
     expect(first().cachedTokens).toBe(96);
     expect(first().uncachedTokens).toBe(32);
     // 5 blocks in flight on p1: cost p1 = 2 + 5 = 7 < p0 = 8, still p1.
-    const five = router.load.begin('p1', 5);
+    const five = router.prefillLoad.begin('p1', 5);
     expect(first().candidates[0]!.instanceId).toBe('p1');
     // 7 blocks: p1 = 9 > p0 = 8, the idle worker wins despite computing the whole prompt.
-    const two = router.load.begin('p1', 2);
+    const two = router.prefillLoad.begin('p1', 2);
     expect(first().candidates[0]!.instanceId).toBe('p0');
     expect(first().uncachedTokens).toBe(tokens.length);
     // Per request, a heavier overlap weight makes the cache count for more again: p1 = 3×2 + 7 = 13 < p0 = 24.

@@ -3,7 +3,7 @@ import { defaultBlockTokens } from '../kv/prefix-hash.js';
 import type { Random } from '../random/random.js';
 import type { KvSelectionOptions } from '../routing/kv-aware-selection.js';
 import type { KvPrefillRanker } from '../routing/kv-router-feed.js';
-import { PrefillLoad } from '../routing/prefill-load.js';
+import { WorkerLoad } from '../routing/worker-load.js';
 
 /** How prefill workers are picked. */
 export type RoutingMode = 'round-robin' | 'random' | 'kv-aware';
@@ -31,14 +31,16 @@ export interface PrefillChoice {
 }
 
 /**
- * Picks workers for a request: round-robin over the decode workers serving the model, and an
- * ordered list of prefill candidates — round-robin, seeded random, or KV-aware (cheapest uncached
- * prefill plus load first) — so bootstrap retries land on other workers. It also keeps the
- * prefill load its requests put on each prefill worker (`load`).
+ * Picks workers for a request: decode workers round-robin (least loaded first with KV-aware
+ * routing), and an ordered list of prefill candidates — round-robin, seeded random, or KV-aware
+ * (cheapest uncached prefill plus load first) — so bootstrap retries land on other workers. It
+ * also keeps the load its requests put on each worker (`prefillLoad`, `decodeLoad`).
  */
 export class Router {
-  /** Prefill blocks routed to each prefill worker and not yet answered. */
-  readonly load = new PrefillLoad();
+  /** Prompt blocks routed to each prefill worker and not yet answered. */
+  readonly prefillLoad = new WorkerLoad();
+  /** Context blocks of the streams each decode worker is serving for this router's requests. */
+  readonly decodeLoad = new WorkerLoad();
   readonly mode: RoutingMode;
   /** Tokens per prefix block. */
   readonly blockTokens: number;
@@ -67,9 +69,15 @@ export class Router {
     return this.rotate('decode')[0];
   }
 
-  /** Every decode worker, starting with the next one in turn. */
+  /**
+   * Every decode worker, starting with the next one in turn; with KV-aware routing the least
+   * loaded (fewest context blocks in flight) come first, in turn among equals.
+   */
   decodeCandidates(): WorkerRecord[] {
-    return this.rotate('decode');
+    const rotated = this.rotate('decode');
+    if (this.mode !== 'kv-aware') return rotated;
+    // Array.prototype.sort is stable, so equal loads keep the round-robin order.
+    return rotated.sort((a, b) => this.decodeLoad.blocksOf(a.instanceId) - this.decodeLoad.blocksOf(b.instanceId));
   }
 
   /**
@@ -84,7 +92,7 @@ export class Router {
   choosePrefill(tokens: readonly number[], selection?: KvSelectionOptions): PrefillChoice {
     const rotated = this.rotate('prefill');
     if (this.mode === 'kv-aware' && rotated.length > 0) {
-      const ranking = this.options.kv!.rank(rotated, tokens, { activeBlocks: (worker) => this.load.blocksOf(worker), ...(selection ? { selection } : {}) });
+      const ranking = this.options.kv!.rank(rotated, tokens, { activeBlocks: (worker) => this.prefillLoad.blocksOf(worker), ...(selection ? { selection } : {}) });
       return { candidates: ranking.workers, cachedTokens: ranking.cachedTokens, uncachedTokens: tokens.length - ranking.cachedTokens };
     }
     if (this.mode === 'random' && rotated.length > 1) {

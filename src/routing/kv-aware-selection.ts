@@ -7,7 +7,7 @@ export interface WorkerCandidate {
   worker: string;
   /**
    * KV blocks of the work in flight on the worker: the "active decode blocks" of the cost. For a
-   * prefill worker it is the prompt blocks routed to it and not yet answered (see PrefillLoad).
+   * prefill worker it is the prompt blocks routed to it and not yet answered (see WorkerLoad).
    */
   activeBlocks: number;
 }

@@ -1,4 +1,4 @@
-import type { PrefillLoad } from './prefill-load.js';
+import type { WorkerLoad } from './worker-load.js';
 
 /**
  * When a decode worker prefills a prompt itself instead of handing it to a prefill worker.
@@ -27,7 +27,7 @@ export interface PlacementInput {
 }
 
 /** Decides where to prefill; without `policy` (the default) always on a prefill worker. */
-export function placePrefill(input: PlacementInput, load: PrefillLoad, policy?: ConditionalDisaggregation): PrefillPlacement {
+export function placePrefill(input: PlacementInput, load: WorkerLoad, policy?: ConditionalDisaggregation): PrefillPlacement {
   if (policy === undefined) return { where: 'remote' };
   if (input.candidates.length === 0) return { where: 'local', reason: 'no_prefill_workers' };
   const { localPrefillTokensMax, prefillBusyBlocks } = policy;

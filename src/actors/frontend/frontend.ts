@@ -12,7 +12,7 @@ import type { TandemMetrics } from '../../metrics/tandem-metrics.js';
 import type { Random } from '../../random/random.js';
 import { sleep, waitUntil, type Clock } from '../../time/clock.js';
 import type { KvPrefillRanker } from '../../routing/kv-router-feed.js';
-import type { PrefillLoadTicket } from '../../routing/prefill-load.js';
+import type { LoadTicket } from '../../routing/worker-load.js';
 import { placePrefill, type ConditionalDisaggregation } from '../../routing/prefill-placement.js';
 import type { Transport } from '../../transport/transport.js';
 import { decode, encode } from '../../protocol/codec.js';
@@ -221,10 +221,11 @@ export class Frontend {
   private async serve(kind: ResponseKind, request: FastifyRequest, reply: FastifyReply, parse: () => CompletionBody | ChatBody): Promise<void> {
     let plan: GenerationPlan;
     let body: CompletionBody | ChatBody;
-    let prefillTicket: PrefillLoadTicket | undefined;
+    let prefillTicket: LoadTicket | undefined;
+    let decodeTicket: LoadTicket | undefined;
     try {
       body = parse();
-      ({ plan, prefillTicket } = this.plan(kind, body));
+      ({ plan, prefillTicket, decodeTicket } = this.plan(kind, body));
     } catch (error) {
       const failure = TandemError.from(error);
       const { status, body: errorBody } = httpError(failure, (error as { param?: string | null }).param ?? null);
@@ -274,6 +275,7 @@ export class Frontend {
       }
     } finally {
       prefillTicket?.end();
+      decodeTicket.end();
       reply.raw.off('close', onClose);
       this.inFlight.delete(controller);
       if (this.inFlight.size === 0) for (const resolve of this.drained.splice(0)) resolve();
@@ -283,10 +285,10 @@ export class Frontend {
   /**
    * Validates limits, tokenizes and picks workers: the decode worker in turn, the prefill
    * candidates by the routing mode, and whether the decode worker prefills locally. A remote
-   * prefill counts against its worker's load until the first tokens arrive. Throws TandemError
-   * for the client.
+   * prefill counts against its worker's load until the first tokens arrive, the stream against
+   * its decode worker's until it ends. Throws TandemError for the client.
    */
-  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: PrefillLoadTicket } {
+  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: LoadTicket; decodeTicket: LoadTicket } {
     const { engine, limits, random } = this.options;
     if (body.model !== engine.model.name) {
       throw new TandemError(ErrorCode.ModelNotFound, `model '${body.model}' is not served here; try '${engine.model.name}'`);
@@ -316,11 +318,11 @@ export class Frontend {
     const weights = body.routing;
     const selection = weights ? { ...(weights.overlap_weight != null ? { overlapWeight: weights.overlap_weight } : {}), ...(weights.temperature != null ? { temperature: weights.temperature } : {}) } : undefined;
     const prefill = this.router.choosePrefill(promptTokens, selection);
-    const placement = placePrefill(prefill, this.router.load, this.options.conditionalDisaggregation);
+    const placement = placePrefill(prefill, this.router.prefillLoad, this.options.conditionalDisaggregation);
     this.placements[placement.where]++;
     this.options.metrics?.recordPrefillPlacement(placement.where, placement.where === 'local' ? placement.reason : 'disaggregated');
     const first = prefill.candidates[0];
-    const prefillTicket = placement.where === 'remote' && first ? this.router.load.begin(first.instanceId, Math.ceil(prefill.uncachedTokens / this.router.blockTokens)) : undefined;
+    const prefillTicket = placement.where === 'remote' && first ? this.router.prefillLoad.begin(first.instanceId, Math.ceil(prefill.uncachedTokens / this.router.blockTokens)) : undefined;
     const plan: GenerationPlan = {
       requestId: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${random.id(24)}`,
       model: engine.model.name,
@@ -338,7 +340,8 @@ export class Frontend {
       prefill: prefill.candidates,
       ...(placement.where === 'local' ? { prefillLocally: true } : {}),
     };
-    return { plan, ...(prefillTicket ? { prefillTicket } : {}) };
+    const decodeTicket = this.router.decodeLoad.begin(decode[0]!.instanceId, Math.ceil((promptTokens.length + maxTokens) / this.router.blockTokens));
+    return { plan, decodeTicket, ...(prefillTicket ? { prefillTicket } : {}) };
   }
 
   private async collect(events: AsyncGenerator<GenerationEvent>, shape: ReturnType<typeof responseShape>): Promise<unknown> {
@@ -405,7 +408,7 @@ async function send(res: ServerResponse, payload: unknown): Promise<void> {
 }
 
 /** Passes `events` on, ending the prefill's load ticket at the first one (the prompt is prefilled by then). */
-async function* endingLoadOnFirstEvent<T>(events: AsyncGenerator<T>, ticket: PrefillLoadTicket): AsyncGenerator<T> {
+async function* endingLoadOnFirstEvent<T>(events: AsyncGenerator<T>, ticket: LoadTicket): AsyncGenerator<T> {
   try {
     for await (const event of events) {
       ticket.end();

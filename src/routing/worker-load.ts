@@ -1,21 +1,23 @@
 import { assert } from '../util/assert.js';
 
-/** One prefill counted against a worker until `end()`; ending twice is harmless. */
-export interface PrefillLoadTicket {
+/** One piece of work counted against a worker until `end()`; ending twice is harmless. */
+export interface LoadTicket {
   end(): void;
 }
 
 /**
- * The prefill work a frontend has routed to each prefill worker and not yet seen answered, in
- * KV blocks. It is the load term of KV-aware routing and what tells conditional disaggregation
- * that the prefill workers are busy. It counts only this frontend's requests: a deployment with
- * several frontends sees each one's share, which is enough to steer away from a queue it built.
+ * The work a frontend has routed to each worker and not yet seen finished, in KV blocks: for a
+ * prefill worker the prompt blocks it has to compute until the first tokens arrive, for a decode
+ * worker the context blocks of the streams it is decoding. It is the load term of KV-aware
+ * routing and what tells conditional disaggregation that the prefill workers are busy. It counts
+ * only this frontend's requests: a deployment with several frontends sees each one's share,
+ * which is enough to steer away from a queue it built.
  */
-export class PrefillLoad {
+export class WorkerLoad {
   private readonly blocks = new Map<string, number>();
 
   /** Counts `blockCount` blocks against `worker` until the ticket ends. */
-  begin(worker: string, blockCount: number): PrefillLoadTicket {
+  begin(worker: string, blockCount: number): LoadTicket {
     assert(Number.isInteger(blockCount) && blockCount >= 0, `blockCount must be a natural number, got ${blockCount}`);
     this.blocks.set(worker, (this.blocks.get(worker) ?? 0) + blockCount);
     let open = true;
@@ -24,7 +26,7 @@ export class PrefillLoad {
         if (!open) return;
         open = false;
         const left = (this.blocks.get(worker) ?? 0) - blockCount;
-        assert(left >= 0, `prefill load of ${worker} went negative`);
+        assert(left >= 0, `the load of ${worker} went negative`);
         if (left === 0) this.blocks.delete(worker);
         else this.blocks.set(worker, left);
       },
