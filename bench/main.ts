@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createCluster, silentLogger } from '../src/index.js';
 import { benchFabric } from './fabric.js';
+import { benchLlamaInterference } from './llama-interference.js';
 import { benchNats } from './nats.js';
 import { compareRouting } from '../simulations/routing-bench.js';
 
@@ -16,7 +17,12 @@ const { values } = parseArgs({
     'max-tokens': { type: 'string', default: '16' },
     'prompt-bytes': { type: 'string', default: '128' },
     rounds: { type: 'string', default: '2' },
-    only: { type: 'string', default: 'embedded,fabric,nats,sim,routing' },
+    only: { type: 'string', default: 'embedded,fabric,nats,sim,routing,llama' },
+    'llama-streams': { type: 'string', default: '4' },
+    'llama-stream-tokens': { type: 'string', default: '32' },
+    'llama-long-prompts': { type: 'string', default: '3' },
+    'llama-long-tokens': { type: 'string', default: '1000' },
+    'llama-threads': { type: 'string', default: '1' },
     'routing-requests': { type: 'string', default: '400' },
     'sim-requests': { type: 'string', default: '5000' },
     'nats-requests': { type: 'string', default: '300' },
@@ -135,6 +141,15 @@ if (sections.has('embedded')) await benchEmbedded();
 if (sections.has('fabric')) await benchFabric();
 if (sections.has('nats')) await benchNats(Number(values['nats-requests']));
 if (sections.has('routing')) await compareRouting(Number(values['routing-requests']), 1, (line) => console.log(line));
+if (sections.has('llama')) {
+  await benchLlamaInterference({
+    streams: Number(values['llama-streams']),
+    streamTokens: Number(values['llama-stream-tokens']),
+    longPrompts: Number(values['llama-long-prompts']),
+    longPromptTokens: Number(values['llama-long-tokens']),
+    threads: Number(values['llama-threads']),
+  });
+}
 if (sections.has('sim')) {
   // Simulator speed: the real actors in virtual time on 16 prefill + 16 decode workers, faults on.
   console.log('');

@@ -9,6 +9,8 @@ export { requestMachine } from './machines/request-machine.js';
 export { roomMachine } from './machines/room-machine.js';
 
 export type { Cluster, ClusterConfig, SimEngineConfig } from './runtime/cluster.js';
+export type { EngineFactory, EngineRole, LlamaClusterConfig } from './runtime/engine-factory.js';
+export type { LlamaEngine, LlamaEngineOptions } from './engine/llama/llama-engine.js';
 export type { WireError } from './errors.js';
 export type { Deadlines, Limits } from './limits.js';
 export type { Logger, LogLevel } from './log.js';

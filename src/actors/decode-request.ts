@@ -146,7 +146,7 @@ export class DecodeRequest {
     const { deps } = this;
     const pages = await deps.pool.acquire(this.localOwner, this.pagesNeeded(), signal);
     const { firstToken, kv } = await deps.engine.prefill(this.body.prompt_tokens, this.sampling, signal);
-    this.sequence = deps.engine.loadSequence(kv, this.body.prompt_tokens.length, firstToken, this.sampling);
+    this.adopt(await deps.engine.loadSequence(kv, this.body.prompt_tokens.length, firstToken, this.sampling), signal);
     return { firstToken, pages };
   }
 
@@ -260,11 +260,20 @@ export class DecodeRequest {
     try {
       const payloadBytes = kvPayloadBytes(deps.engine.kvBytes(body.prompt_tokens.length), identity, kvLayout);
       const payload = decodeKvPayload(deps.region.read(pages, payloadBytes), { modelIdentity: identity, kvLayout, tokenCount: body.prompt_tokens.length });
-      this.sequence = deps.engine.loadSequence(payload.kv, payload.tokenCount, payload.firstToken, this.sampling);
+      this.adopt(await deps.engine.loadSequence(payload.kv, payload.tokenCount, payload.firstToken, this.sampling), signal);
       return { firstToken: payload.firstToken };
     } catch (error) {
       throw TandemError.from(error, ErrorCode.KvMismatch);
     }
+  }
+
+  /** Keeps a loaded sequence, unless the request was aborted while it loaded (its resources are already released). */
+  private adopt(sequence: DecodeSequence, signal: AbortSignal): void {
+    if (signal.aborted) {
+      this.deps.engine.releaseSequence(sequence);
+      throw signal.reason;
+    }
+    this.sequence = sequence;
   }
 
   /** The trace context to put on messages to prefill, when the request has one. */

@@ -8,6 +8,7 @@ import { pinoLogger } from '../log-pino.js';
 import { serveMetrics } from '../metrics/metrics-server.js';
 import { memoryBackends, type BackendsFactory } from '../runtime/backends.js';
 import { createCluster, type Cluster, type ClusterConfig } from '../runtime/cluster.js';
+import type { LlamaClusterConfig } from '../runtime/engine-factory.js';
 import { natsBackends, type NatsSettings } from '../runtime/nats-backends.js';
 import { realClock, realSeed } from '../time/real-clock.js';
 import { registerSimulateCommand } from './simulate-command.js';
@@ -31,7 +32,12 @@ function nonNegative(value: string): number {
 /** Options every command shares: the model, the engine, KV pages, seed, logging, shutdown. */
 function withCommonOptions(command: Command): Command {
   return withRoutingOptions(command)
-    .addOption(new Option('--model-name <name>', 'name clients use in the model field').default('tandem-sim').env('TANDEM_MODEL_NAME'))
+    .addOption(new Option('--model <path>', 'serve this GGUF model on llama.cpp (CPU build) instead of the sim engine').env('TANDEM_MODEL'))
+    .addOption(new Option('--model-name <name>', "name clients use in the model field (default: 'tandem-sim', or the GGUF file's general.name with --model)").env('TANDEM_MODEL_NAME'))
+    .addOption(new Option('--threads <n>', 'llama.cpp: CPU threads of one evaluation (default: its own choice)').argParser(integer(1)).env('TANDEM_THREADS'))
+    .addOption(new Option('--sequences <n>', 'llama.cpp: sequences per context, the largest decode batch; prefill and decode workers must agree').default(8).argParser(integer(1)))
+    .addOption(new Option('--gpu <kind>', 'llama.cpp binary: cpu (default), or a GPU build installed as the README says').choices(['cpu', 'cuda', 'vulkan', 'metal', 'auto']).default('cpu').env('TANDEM_GPU'))
+    .addOption(new Option('--context-tokens <n>', 'llama.cpp: largest context of one sequence (default: the trained context, at most 2048)').argParser(integer(2)))
     .addOption(new Option('--speedup <x>', "divide the sim engine's step times by x ('inf' for zero time)").default(1).argParser(nonNegative).env('TANDEM_SPEEDUP'))
     .addOption(new Option('--kv-bytes-per-token <n>', 'KV bytes per token of the sim model').default(64).argParser(integer(8)))
     .addOption(new Option('--eos-every <n>', 'sim engine ends a sequence with EOS about once per n steps').argParser(integer(1)))
@@ -167,12 +173,25 @@ function baseConfig(options: Options): ClusterConfig {
     ...routingConfig(options),
     trace: traceConfig(options),
     ...(options.otelConsole === true ? { otel: { exporter: new ConsoleSpanExporter() } } : {}),
+    ...(typeof options.model === 'string' ? { llama: llamaConfig(options) } : {}),
     engine: {
-      modelName: options.modelName as string,
+      modelName: (options.modelName as string | undefined) ?? 'tandem-sim',
       speedup: options.speedup as number,
       kvBytesPerToken: options.kvBytesPerToken as number,
       eosEvery: options.eosEvery as number | undefined,
     },
+  };
+}
+
+/** The llama engine settings of `--model` and its companions. */
+function llamaConfig(options: Options): LlamaClusterConfig {
+  return {
+    modelPath: options.model as string,
+    sequencesMax: options.sequences as number,
+    gpu: options.gpu === 'cpu' || options.gpu === undefined ? false : (options.gpu as 'cuda' | 'vulkan' | 'metal' | 'auto'),
+    ...(options.modelName !== undefined ? { modelName: options.modelName as string } : {}),
+    ...(options.threads !== undefined ? { threads: options.threads as number } : {}),
+    ...(options.contextTokens !== undefined ? { contextTokensMax: options.contextTokens as number } : {}),
   };
 }
 
@@ -232,7 +251,7 @@ withFabricOptions(
     instanceTag: options.nats ? `${hostname()}-${process.pid}` : undefined,
     backends: backendsFor(options, `tandem-serve-${hostname()}-${process.pid}`),
   });
-  process.stderr.write(`tandem serving '${String(options.modelName)}' at ${cluster.url}/v1 — Ctrl-C to stop\n`);
+  process.stderr.write(`tandem serving '${String(options.modelName ?? options.model ?? 'tandem-sim')}' at ${cluster.url}/v1 — Ctrl-C to stop\n`);
   drainOnSignals(cluster, options.drainTimeoutMs as number);
 });
 

@@ -19,8 +19,11 @@ export async function runAggregated(
   const endsGeneration = (token: number): boolean => token === engine.model.eosToken && !sampling.ignoreEos;
   const { firstToken, kv } = await engine.prefill(tokens, sampling, signal);
   const output = [firstToken];
-  if (endsGeneration(firstToken) || output.length >= sampling.maxTokens) return output;
-  const sequence = engine.loadSequence(kv, tokens.length, firstToken, sampling);
+  if (endsGeneration(firstToken) || output.length >= sampling.maxTokens) {
+    engine.discardKv?.(kv);
+    return output;
+  }
+  const sequence = await engine.loadSequence(kv, tokens.length, firstToken, sampling);
   try {
     while (output.length < sampling.maxTokens && sequence.contextTokens < engine.model.contextTokensMax) {
       const [token] = await engine.decodeStep([sequence], signal);

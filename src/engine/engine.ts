@@ -77,8 +77,13 @@ export interface Engine {
   kvBytes(tokenCount: number): number;
   /** Computes the prompt's KV and samples the first token. */
   prefill(tokens: readonly number[], sampling: SamplingParams, signal?: AbortSignal): Promise<PrefillResult>;
-  /** Starts decoding from KV computed elsewhere (or locally); `firstToken` is the token prefill sampled. */
-  loadSequence(kv: Uint8Array, promptTokens: number, firstToken: number, sampling: SamplingParams): DecodeSequence;
+  /**
+   * Starts decoding from KV computed elsewhere (or locally); `firstToken` is the token prefill
+   * sampled. Engines whose state loads asynchronously (llama.cpp) return a promise.
+   */
+  loadSequence(kv: Uint8Array, promptTokens: number, firstToken: number, sampling: SamplingParams): DecodeSequence | Promise<DecodeSequence>;
+  /** Frees what prefill still holds for `kv` when it will not be loaded (e.g. generation ended on the first token). */
+  discardKv?(kv: Uint8Array): void;
   /** Generates one token for each sequence, as one batch. */
   decodeStep(batch: readonly DecodeSequence[], signal?: AbortSignal): Promise<number[]>;
   /** Frees a sequence's state. */

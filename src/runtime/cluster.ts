@@ -6,7 +6,7 @@ import { SimEngine } from '../engine/sim/sim-engine.js';
 import { InspectionRecorder } from '../inspect/inspection-recorder.js';
 import { TraceFileWriter } from '../inspect/trace-file.js';
 import type { SimEngineOptions } from '../engine/sim/sim-options.js';
-import type { EngineKvEvent } from '../engine/engine.js';
+import type { Engine, EngineKvEvent } from '../engine/engine.js';
 import { defaultDeadlines, defaultLimits, type Deadlines, type Limits } from '../limits.js';
 import { consoleLogger, type Logger, type LogLevel } from '../log.js';
 import { composeInspectors, requestStateInspector } from '../metrics/request-state-inspector.js';
@@ -19,6 +19,7 @@ import { KvRouterFeed } from '../routing/kv-router-feed.js';
 import type { ConditionalDisaggregation } from '../routing/prefill-placement.js';
 import type { RoutingMode } from '../actors/router.js';
 import { memoryBackends, type BackendsFactory } from './backends.js';
+import { llamaEngineFactory, type EngineFactory, type LlamaClusterConfig } from './engine-factory.js';
 
 /** Options of the sim engine each worker runs (the clock is the cluster's). */
 export type SimEngineConfig = Omit<SimEngineOptions, 'clock'>;
@@ -39,6 +40,10 @@ export interface ClusterConfig {
   seed?: number;
   /** The sim engine's model and timing. */
   engine?: SimEngineConfig;
+  /** Serve a GGUF model on llama.cpp instead of the sim engine. */
+  llama?: LlamaClusterConfig;
+  /** Builds every worker's engine, instead of the sim engine or `llama` (tests and embedders). */
+  engineFactory?: EngineFactory;
   /** Bytes per KV page; default 16 KiB. */
   pageBytes?: number;
   /** KV pages per decode worker; default 4096 (64 MiB at 16 KiB pages). */
@@ -127,8 +132,15 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
 
   const backends = await (config.backends ?? memoryBackends)({ config, clock, log, limits });
   const { transport, discovery } = backends;
-  const engine = (onKvEvent?: (event: EngineKvEvent) => void): SimEngine =>
-    new SimEngine({ ...config.engine, clock, ...(onKvEvent ? { onKvEvent } : {}) });
+  const engineFactory = config.engineFactory ?? (config.llama ? llamaEngineFactory(config.llama, mode) : undefined);
+  const engines: Engine[] = [];
+  const engine = async (role: 'frontend' | 'prefill' | 'decode', onKvEvent?: (event: EngineKvEvent) => void): Promise<Engine> => {
+    const made = engineFactory
+      ? await engineFactory(role, onKvEvent ? { onKvEvent } : {})
+      : new SimEngine({ ...config.engine, clock, ...(onKvEvent ? { onKvEvent } : {}) });
+    engines.push(made);
+    return made;
+  };
   const kvAware = config.routing === 'kv-aware';
   const epoch = config.epoch ?? 1;
   const ids = random.split('instance-ids');
@@ -148,7 +160,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         transport,
         discovery,
         fabric: await backends.fabric(instanceId),
-        engine: engine(kvAware ? (event) => worker.publishKvEvent(event) : undefined),
+        engine: await engine('prefill', kvAware ? (event) => worker.publishKvEvent(event) : undefined),
         clock,
         random: random.split(instanceId),
         log: log.child({ worker: instanceId }),
@@ -181,7 +193,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         transport,
         discovery,
         fabric: await backends.fabric(instanceId),
-        engine: engine(),
+        engine: await engine('decode'),
         clock,
         log: log.child({ worker: instanceId }),
         pageBytes,
@@ -201,7 +213,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
       : new Frontend({
           transport,
           discovery,
-          engine: engine(),
+          engine: await engine('frontend'),
           clock,
           random: random.split('frontend'),
           log: log.child({ actor: 'frontend' }),
@@ -239,6 +251,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
       else await worker.drain(drainMs);
     }
     await backends.close();
+    for (const made of engines) await made.close();
     await traceFile?.close();
     await requestTracer?.shutdown();
   };

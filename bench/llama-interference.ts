@@ -1,0 +1,171 @@
+// Prefill interference on a real (generated) model: a steady set of decoding streams while long
+// prompts arrive, served aggregated (one worker prefills and decodes in one llama.cpp context)
+// and disaggregated (a prefill process and a decode process, KV over the TCP fabric). Reports the
+// inter-token latency of the running streams in both modes, side by side.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { benchSpec, writeTinyLlama } from '../test/helpers/gguf-writer.js';
+import { startNatsServer, type NatsServer } from '../test/helpers/nats-server.js';
+import { startTandem, type TandemProcess } from '../test/helpers/tandem-process.js';
+
+/** What the benchmark runs; every field has a command-line flag in bench/main.ts. */
+export interface InterferenceOptions {
+  /** Decoding streams kept running (each restarts when it finishes). */
+  streams: number;
+  /** Tokens each stream generates per request. */
+  streamTokens: number;
+  /** Long prompts sent, one after another, while the streams run. */
+  longPrompts: number;
+  /** Length of each long prompt, in tokens (one byte each). */
+  longPromptTokens: number;
+  /** llama.cpp threads per worker process. */
+  threads: number;
+}
+
+interface ModeResult {
+  itlMs: number[];
+  longTtftMs: number[];
+  streamRequests: number;
+  failures: number;
+}
+
+const modelName = 'bench-llama';
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** Streams one completion; returns the arrival times (ms) of its text events. */
+async function streamTimes(url: string, prompt: string, maxTokens: number): Promise<number[]> {
+  const response = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: modelName, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true, stream: true }),
+  });
+  if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}: ${await response.text()}`);
+  const times: number[] = [];
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let done = false;
+  for await (const bytes of response.body) {
+    const now = performance.now();
+    buffer += decoder.decode(bytes as Uint8Array, { stream: true });
+    const events = buffer.split('\n\n');
+    buffer = events.pop() ?? '';
+    for (const event of events) {
+      if (event.includes('[DONE]')) done = true;
+      else if (event.includes('"text":"') && !event.includes('"text":""')) times.push(now);
+    }
+  }
+  if (!done) throw new Error('stream ended without [DONE]');
+  return times;
+}
+
+function longPrompt(i: number, tokens: number): string {
+  const words = ['alpha', 'bravo', 'charlie', 'delta', 'echo', 'foxtrot', 'golf', 'hotel'];
+  let text = `document ${i}:`;
+  for (let w = 0; text.length < tokens; w++) text += ` ${words[(i * 5 + w) % words.length]}`;
+  return text.slice(0, tokens);
+}
+
+async function runLoad(url: string, options: InterferenceOptions, label: string): Promise<ModeResult> {
+  await streamTimes(url, 'warm up', 4);
+  const result: ModeResult = { itlMs: [], longTtftMs: [], streamRequests: 0, failures: 0 };
+  let longsDone = false;
+  const stream = async (s: number): Promise<void> => {
+    for (let r = 0; !longsDone; r++) {
+      try {
+        const times = await streamTimes(url, `stream ${s} request ${r}: tell me a story`, options.streamTokens);
+        for (let i = 1; i < times.length; i++) result.itlMs.push(times[i]! - times[i - 1]!);
+        result.streamRequests++;
+      } catch {
+        result.failures++;
+      }
+    }
+  };
+  const longs = async (): Promise<void> => {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    for (let i = 0; i < options.longPrompts; i++) {
+      const started = performance.now();
+      try {
+        const times = await streamTimes(url, longPrompt(i, options.longPromptTokens), 1);
+        result.longTtftMs.push((times[0] ?? Number.NaN) - started);
+      } catch {
+        result.failures++;
+      }
+      process.stderr.write(`\r  ${label}: long prompt ${i + 1}/${options.longPrompts}, ${result.itlMs.length} stream tokens so far`);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    longsDone = true;
+  };
+  await Promise.all([longs(), ...Array.from({ length: options.streams }, (_, s) => stream(s))]);
+  process.stderr.write('\n');
+  return result;
+}
+
+async function stopAll(processes: TandemProcess[]): Promise<void> {
+  for (const child of processes) child.kill('SIGTERM');
+  await Promise.all(processes.map((child) => Promise.race([child.exited(), new Promise((resolve) => setTimeout(resolve, 5000))])));
+  for (const child of processes) child.kill('SIGKILL');
+}
+
+async function aggregated(model: string, options: InterferenceOptions): Promise<ModeResult> {
+  const args = ['--model', model, '--model-name', modelName, '--threads', String(options.threads), '--log-level', 'warn'];
+  const serve = startTandem('serve', ['serve', '--mode', 'aggregated', '--port', '0', ...args]);
+  try {
+    const url = (await serve.waitFor(/at (http:\/\/\S+)\/v1/, 60_000))[1]!;
+    return await runLoad(url, options, 'aggregated');
+  } finally {
+    await stopAll([serve]);
+  }
+}
+
+async function disaggregated(model: string, options: InterferenceOptions): Promise<ModeResult> {
+  const nats: NatsServer = await startNatsServer();
+  const common = ['--nats', nats.url, '--model', model, '--model-name', modelName, '--threads', String(options.threads), '--log-level', 'warn', '--heartbeat-ms', '250'];
+  const processes = [startTandem('prefill', ['worker', '--role', 'prefill', ...common]), startTandem('decode', ['worker', '--role', 'decode', ...common])];
+  try {
+    const frontend = startTandem('frontend', ['frontend', '--port', '0', ...common, '--log-level', 'info']);
+    processes.push(frontend);
+    const url = (await frontend.waitFor(/frontend listening .*url=(http:\/\/\S+)/, 60_000))[1]!;
+    for (const started = performance.now(); ; ) {
+      const health = (await (await fetch(`${url}/health`)).json()) as { workers: { prefill: number; decode: number } };
+      if (health.workers.prefill === 1 && health.workers.decode === 1) break;
+      if (performance.now() - started > 60_000) throw new Error('workers did not register');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return await runLoad(url, options, 'disaggregated');
+  } finally {
+    await stopAll(processes);
+    await nats.stop();
+  }
+}
+
+/** Runs both modes on a generated 8-layer, 512-wide model and prints the comparison. */
+export async function benchLlamaInterference(options: InterferenceOptions): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-bench-gguf-'));
+  try {
+    const model = join(dir, 'bench.gguf');
+    process.stderr.write(`llama interference: writing a ${benchSpec.layers}-layer, ${benchSpec.width}-wide random-weight model\n`);
+    await writeTinyLlama(model, benchSpec);
+    process.stderr.write(
+      `llama interference: ${options.streams} decoding streams of ${options.streamTokens} tokens, ${options.longPrompts} prompts of ${options.longPromptTokens} tokens, ${options.threads} thread(s) per worker process\n`,
+    );
+    const results = { aggregated: await aggregated(model, options), disaggregated: await disaggregated(model, options) };
+    console.log(`\nprefill interference, llama.cpp CPU, ${benchSpec.layers}x${benchSpec.width} model, ${options.threads} thread(s) per worker process`);
+    console.log(`${'mode'.padEnd(15)} ${'ITL p50'.padStart(9)} ${'ITL p99'.padStart(9)} ${'ITL max'.padStart(9)} ${'long TTFT p50'.padStart(14)} ${'tokens'.padStart(7)} ${'failures'.padStart(9)}`);
+    for (const [mode, result] of Object.entries(results)) {
+      const itl = [...result.itlMs].sort((a, b) => a - b);
+      const ttft = [...result.longTtftMs].sort((a, b) => a - b);
+      console.log(
+        `${mode.padEnd(15)} ${percentile(itl, 50).toFixed(1).padStart(9)} ${percentile(itl, 99).toFixed(1).padStart(9)} ${(itl.at(-1) ?? Number.NaN).toFixed(1).padStart(9)} ${percentile(ttft, 50).toFixed(0).padStart(14)} ${String(itl.length).padStart(7)} ${String(result.failures).padStart(9)}`,
+      );
+      if (result.failures > 0) process.exitCode = 1;
+    }
+    console.log('(ms; ITL = time between streamed tokens of the running streams)');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
