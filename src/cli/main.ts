@@ -121,7 +121,9 @@ function withNatsOptions(command: Command, required: boolean): Command {
 /** Fabric options of processes that run workers. */
 function withFabricOptions(command: Command, defaultKind: 'tcp' | 'sim'): Command {
   return command
-    .addOption(new Option('--fabric <kind>', 'KV fabric: tcp (across processes) or sim (in-process only)').choices(['tcp', 'sim']).default(defaultKind).env('TANDEM_FABRIC'))
+    .addOption(new Option('--fabric <kind>', 'KV fabric: tcp (across processes), verbs (RDMA; its control channel uses the TCP fabric settings) or sim (in-process only)').choices(['tcp', 'verbs', 'sim']).default(defaultKind).env('TANDEM_FABRIC'))
+    .addOption(new Option('--rdma-device <name>', 'verbs fabric: RDMA device to open (default the first listed)').env('TANDEM_RDMA_DEVICE'))
+    .addOption(new Option('--rdma-gid-index <n>', 'verbs fabric: local GID index, on RoCE (default 0)').argParser(integer(0)).env('TANDEM_RDMA_GID_INDEX'))
     .addOption(new Option('--fabric-host <host>', 'interface the TCP fabric listens on').default('127.0.0.1').env('TANDEM_FABRIC_HOST'))
     .addOption(new Option('--fabric-port <port>', 'port of the TCP fabric (0 picks a free one)').default(0).argParser(integer(0)).env('TANDEM_FABRIC_PORT'))
     .addOption(new Option('--advertise-host <host>', 'host name peers use to reach this fabric').env('TANDEM_ADVERTISE_HOST'));
@@ -147,7 +149,9 @@ function backendsFor(options: Options, name: string): BackendsFactory {
   return natsBackends(
     natsSettings(options, name),
     {
-      kind: (options.fabric as 'tcp' | 'sim' | undefined) ?? 'sim',
+      kind: (options.fabric as 'tcp' | 'verbs' | 'sim' | undefined) ?? 'sim',
+      rdmaDevice: options.rdmaDevice as string | undefined,
+      gidIndex: options.rdmaGidIndex as number | undefined,
       host: options.fabricHost as string | undefined,
       port: options.fabricPort as number | undefined,
       advertiseHost: options.advertiseHost as string | undefined,
@@ -312,4 +316,11 @@ withFabricOptions(
 
 registerVizCommands(program);
 registerSimulateCommand(program);
-await program.parseAsync(process.argv);
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  // A deployment that cannot start (NATS unreachable, no RDMA device, a bad model file) says why in one line.
+  const code = (error as { code?: unknown }).code;
+  process.stderr.write(`tandem: ${error instanceof Error ? error.message : String(error)}${typeof code === 'string' ? ` (${code})` : ''}\n`);
+  process.exit(1);
+}

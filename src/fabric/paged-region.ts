@@ -14,11 +14,14 @@ export class PagedRegion implements Region {
   private readonly completions = new Map<string, Completion>();
   private readonly completionListeners = new Map<string, Set<(completion: Completion) => void>>();
 
-  constructor(descriptor: RegionDescriptor) {
+  /** `memory`, when given, is the region's bytes (e.g. registered native memory); else they are allocated here. */
+  constructor(descriptor: RegionDescriptor, memory?: Uint8Array) {
     assert(Number.isInteger(descriptor.pageBytes) && descriptor.pageBytes > 0, 'pageBytes is a positive integer');
     assert(Number.isInteger(descriptor.pageCount) && descriptor.pageCount > 0, 'pageCount is a positive integer');
+    const byteLength = descriptor.pageBytes * descriptor.pageCount;
+    assert(memory === undefined || memory.byteLength === byteLength, `region memory of ${memory?.byteLength} bytes for ${byteLength}`);
     this.descriptor = descriptor;
-    this.memory = new Uint8Array(descriptor.pageBytes * descriptor.pageCount);
+    this.memory = memory ?? new Uint8Array(byteLength);
     this.owners = new Array<string | undefined>(descriptor.pageCount).fill(undefined);
   }
 

@@ -2,6 +2,7 @@ import { NatsKvDiscovery } from '../discovery/nats-kv/nats-kv-discovery.js';
 import type { Fabric } from '../fabric/fabric.js';
 import { SimFabricNetwork } from '../fabric/sim/sim-fabric.js';
 import { createTcpFabric } from '../fabric/tcp/tcp-fabric.js';
+import { createVerbsFabric } from '../fabric/verbs/verbs-fabric.js';
 import { resolveNatsTransportOptions, toNodeConnectionOptions, type NatsTransportOptions } from '../transport/nats/connect-options.js';
 import { NatsTransport } from '../transport/nats/nats-transport.js';
 import type { BackendsFactory } from './backends.js';
@@ -21,8 +22,12 @@ export interface NatsDiscoverySettings {
 
 /** Which fabric the workers of a process write KV over. */
 export interface FabricSettings {
-  /** 'tcp' (across processes and hosts) or 'sim' (in-process only). */
-  kind: 'tcp' | 'sim';
+  /** 'tcp' (across processes and hosts), 'verbs' (RDMA; its control channel uses the TCP settings) or 'sim' (in-process only). */
+  kind: 'tcp' | 'verbs' | 'sim';
+  /** Verbs: RDMA device to open; default TANDEM_RDMA_DEVICE, else the first one listed. */
+  rdmaDevice?: string;
+  /** Verbs: local GID index used on RoCE; default TANDEM_RDMA_GID_INDEX, else 0. */
+  gidIndex?: number;
   /** TCP: interface to listen on; default 127.0.0.1. */
   host?: string;
   /** TCP: port of the first worker's fabric; default 0 (a free port). */
@@ -58,16 +63,19 @@ export function natsBackends(nats: NatsSettings, fabric: FabricSettings, discove
       transport,
       discovery: registry,
       async fabric(instanceId) {
+        const listen = {
+          host: fabric.host ?? '127.0.0.1',
+          port: fabrics.length === 0 ? (fabric.port ?? 0) : 0,
+          advertiseHost: fabric.advertiseHost,
+          clock,
+          log: log.child({ fabric: instanceId }),
+          connectTimeoutMs: fabric.connectTimeoutMs ?? 5_000,
+        };
         const made: Fabric = network
           ? network.attach(instanceId)
-          : await createTcpFabric({
-              host: fabric.host ?? '127.0.0.1',
-              port: fabrics.length === 0 ? (fabric.port ?? 0) : 0,
-              advertiseHost: fabric.advertiseHost,
-              clock,
-              log: log.child({ fabric: instanceId }),
-              connectTimeoutMs: fabric.connectTimeoutMs ?? 5_000,
-            });
+          : fabric.kind === 'verbs'
+            ? await createVerbsFabric({ ...listen, ...rdmaSelection(fabric) })
+            : await createTcpFabric(listen);
         fabrics.push(made);
         return made;
       },
@@ -78,4 +86,12 @@ export function natsBackends(nats: NatsSettings, fabric: FabricSettings, discove
       },
     };
   };
+}
+
+/** The RDMA device and GID index: explicit settings, else TANDEM_RDMA_DEVICE / TANDEM_RDMA_GID_INDEX. */
+function rdmaSelection(fabric: FabricSettings): { deviceName?: string; gidIndex?: number } {
+  const deviceName = fabric.rdmaDevice ?? process.env['TANDEM_RDMA_DEVICE'];
+  const gidText = process.env['TANDEM_RDMA_GID_INDEX'];
+  const gidIndex = fabric.gidIndex ?? (gidText !== undefined && gidText !== '' ? Number(gidText) : undefined);
+  return { ...(deviceName ? { deviceName } : {}), ...(gidIndex !== undefined && Number.isInteger(gidIndex) ? { gidIndex } : {}) };
 }

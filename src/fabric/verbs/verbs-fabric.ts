@@ -1,0 +1,318 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { ErrorCode, TandemError } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import type { Random } from '../../random/random.js';
+import type { Clock } from '../../time/clock.js';
+import { assert } from '../../util/assert.js';
+import type { Fabric, FabricConnection, RegionDescriptor, WriterIdentity } from '../fabric.js';
+import { formatEndpoint, parseEndpoint } from '../tcp/tcp-fabric.js';
+import type { Hello } from './control-codec.js';
+import { verbsAvailability, type VerbsAddon } from './verbs-addon.js';
+import { VerbsConnection, type VerbsConnectionHost } from './verbs-connection.js';
+import { VerbsDevice } from './verbs-device.js';
+import { VerbsInbound, type VerbsInboundHost } from './verbs-inbound.js';
+import { VerbsRegion } from './verbs-region.js';
+
+/** Defaults of the verbs fabric's limits; each can be overridden in VerbsFabricOptions. */
+export const verbsFabricDefaults = {
+  /** Largest single RDMA WRITE; larger writes are sliced. */
+  sliceBytesMax: 1024 * 1024,
+  /** Registered staging slots per outbound connection (RDMA WRITEs in flight on it). */
+  stagingSlots: 8,
+  /** Receives posted per inbound queue pair: writes granted and not yet landed per connection. */
+  recvWrMax: 64,
+  /** Entries of the device's one completion queue; bounds the connections it can serve. */
+  completionQueueEntries: 8192,
+  /** Writes one connection may have posted and not yet settled. */
+  writesInFlightMax: 65_536,
+  /** How long a write may wait to be applied before its connection is torn down. */
+  writeTimeoutMs: 30_000,
+  /** Write requests an inbound connection holds waiting for a free receive. */
+  waitingWritesMax: 65_536,
+  /** How long a failed queue pair's work requests may take to flush. */
+  flushWaitMs: 1000,
+  /** Physical port of the device. */
+  port: 1,
+  /** Local GID index used on RoCE. */
+  gidIndex: 0,
+} as const;
+
+/** Options of createVerbsFabric. */
+export interface VerbsFabricOptions {
+  /** Address the control channel listens on (handshakes and write grants). */
+  host: string;
+  /** Control port; 0 or absent picks a free one. */
+  port?: number;
+  /** Host written into region descriptors when peers reach this one by another name. */
+  advertiseHost?: string;
+  /** Source of every timer and completion timestamp. */
+  clock: Clock;
+  /** Where refused writers, broken connections and warnings go; default silent. */
+  log?: Logger;
+  /** Limit on connecting plus the handshake, on both sides. */
+  connectTimeoutMs: number;
+  /** RDMA device to open (see `ibv_devices`); default the first one listed. */
+  deviceName?: string;
+  /** See verbsFabricDefaults.port. */
+  rdmaPort?: number;
+  /** See verbsFabricDefaults.gidIndex; on RoCE pick the index of a RoCE v2 GID (see `show_gids`). */
+  gidIndex?: number;
+  /** libibverbs to load; default TANDEM_VERBS_LIBRARY or libibverbs.so.1. Tests pass the fake library. */
+  libraryPath?: string;
+  /** Source of starting packet sequence numbers; default derived from the queue pair number. */
+  random?: Random;
+  /** See verbsFabricDefaults.sliceBytesMax. */
+  sliceBytesMax?: number;
+  /** See verbsFabricDefaults.stagingSlots. */
+  stagingSlots?: number;
+  /** See verbsFabricDefaults.recvWrMax. */
+  recvWrMax?: number;
+  /** See verbsFabricDefaults.completionQueueEntries. */
+  completionQueueEntries?: number;
+  /** See verbsFabricDefaults.writesInFlightMax. */
+  writesInFlightMax?: number;
+  /** See verbsFabricDefaults.flushWaitMs. */
+  flushWaitMs?: number;
+  /** See verbsFabricDefaults.writeTimeoutMs. */
+  writeTimeoutMs?: number;
+  /** Prefix of region ids; default port, process id, the clock's time and a per-process counter. */
+  regionIdPrefix?: string;
+}
+
+/**
+ * Opens the RDMA device and listens for writers. Rejects with transfer_failed, naming the reason
+ * (addon not built, library missing, no kernel support, no device), where verbs cannot run.
+ */
+export async function createVerbsFabric(options: VerbsFabricOptions): Promise<VerbsFabric> {
+  const availability = verbsAvailability(options.libraryPath);
+  if (availability.reason !== 'ok' || !availability.addon) {
+    throw new TandemError(ErrorCode.TransferFailed, `verbs fabric unavailable (${availability.reason}): ${availability.message}`);
+  }
+  const deviceName = options.deviceName ?? availability.devices[0]!.name;
+  if (!availability.devices.some((device) => device.name === deviceName)) {
+    throw new TandemError(ErrorCode.TransferFailed, `verbs fabric unavailable: no RDMA device ${deviceName} (have ${availability.devices.map((d) => d.name).join(', ')})`);
+  }
+  const fabric = new VerbsFabric(options, availability.addon, deviceName);
+  try {
+    await fabric.listen();
+  } catch (error) {
+    await fabric.close();
+    throw error;
+  }
+  return fabric;
+}
+
+/**
+ * A worker's attachment to an RDMA device. Regions are registered memory; connections are RC
+ * queue pairs. The handshake (queue pair numbers, PSNs, LID/GID, region address and rkey) and the
+ * per-write ownership check travel over a small TCP control channel at the region's endpoint,
+ * the same `host:port` a region descriptor carries for the TCP fabric, so discovery publishes
+ * only the descriptor and every connection gets its own queue pair pair, set up once and reused.
+ */
+export class VerbsFabric implements Fabric {
+  readonly device: VerbsDevice;
+  private readonly log: Logger;
+  private readonly server: Server;
+  private readonly connectionHost: VerbsConnectionHost;
+  private readonly inboundHost: VerbsInboundHost;
+  private readonly connectionsMax: number;
+  private endpointName = '';
+  private regionIdPrefix = '';
+  private regionSeq = 0;
+  private registeredBytes = 0;
+  private closed = false;
+  private readonly regions = new Map<string, VerbsRegion>();
+  private readonly outbound = new Set<VerbsConnection>();
+  private readonly inbound = new Set<VerbsInbound>();
+  private readonly inboundPerWriter = new Map<string, number>();
+  private readonly peerClosedListeners = new Set<(writer: WriterIdentity) => void>();
+
+  constructor(
+    private readonly options: VerbsFabricOptions,
+    private readonly addon: VerbsAddon,
+    deviceName: string,
+  ) {
+    const d = verbsFabricDefaults;
+    this.log = options.log ?? silentLogger;
+    const stagingSlots = options.stagingSlots ?? d.stagingSlots;
+    const recvWrMax = options.recvWrMax ?? d.recvWrMax;
+    const completionQueueEntries = options.completionQueueEntries ?? d.completionQueueEntries;
+    const sliceBytesMax = options.sliceBytesMax ?? d.sliceBytesMax;
+    assert(Number.isInteger(sliceBytesMax) && sliceBytesMax > 0 && sliceBytesMax <= 0x8000_0000, 'sliceBytesMax is a positive integer up to 2 GiB');
+    assert(Number.isInteger(stagingSlots) && stagingSlots > 0, 'stagingSlots is a positive integer');
+    assert(Number.isInteger(recvWrMax) && recvWrMax > 0, 'recvWrMax is a positive integer');
+    // Every queue pair shares the one completion queue; it must hold all their work requests at once.
+    this.connectionsMax = Math.floor(completionQueueEntries / (stagingSlots + recvWrMax + 2));
+    assert(this.connectionsMax > 0, 'completionQueueEntries holds at least one connection');
+    this.device = new VerbsDevice(addon, { deviceName, port: options.rdmaPort ?? d.port, gidIndex: options.gidIndex ?? d.gidIndex, completionQueueEntries, log: this.log });
+    const random = options.random;
+    const nextPsn = (qpn: number): number => (random ? random.uint32() : Math.imul(qpn, 0x9e3779b1) >>> 0) & 0xffffff;
+    this.connectionHost = {
+      clock: options.clock,
+      log: this.log,
+      device: this.device,
+      connectTimeoutMs: options.connectTimeoutMs,
+      writeTimeoutMs: options.writeTimeoutMs ?? d.writeTimeoutMs,
+      sliceBytesMax,
+      stagingSlots,
+      writesInFlightMax: options.writesInFlightMax ?? d.writesInFlightMax,
+      flushWaitMs: options.flushWaitMs ?? d.flushWaitMs,
+      nextPsn,
+      outboundClosed: (connection) => this.outbound.delete(connection),
+    };
+    this.inboundHost = {
+      clock: options.clock,
+      log: this.log,
+      device: this.device,
+      connectTimeoutMs: options.connectTimeoutMs,
+      recvWrMax,
+      waitingWritesMax: d.waitingWritesMax,
+      nextPsn,
+      admit: (hello) => this.admit(hello),
+      opened: (inbound) => this.inboundOpened(inbound),
+      closed: (inbound) => this.inboundClosed(inbound),
+    };
+    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+  }
+
+  /** `host:port` of the control channel. */
+  get endpoint(): string {
+    return this.endpointName;
+  }
+
+  /** Starts listening; createVerbsFabric calls it. */
+  async listen(): Promise<void> {
+    const { host, port = 0 } = this.options;
+    await new Promise<void>((resolve, reject) => {
+      const onError = (error: Error): void => reject(new TandemError(ErrorCode.TransferFailed, `verbs fabric cannot listen on ${host}:${port}: ${error.message}`, { cause: error }));
+      this.server.once('error', onError);
+      this.server.listen({ host, port, exclusive: true }, () => {
+        this.server.off('error', onError);
+        resolve();
+      });
+    });
+    this.server.on('error', (error) => this.log.error('verbs fabric server error', { endpoint: this.endpointName, error: error.message }));
+    const address = this.server.address();
+    assert(address !== null && typeof address === 'object', 'a listening TCP server has an address');
+    this.endpointName = formatEndpoint(this.options.advertiseHost ?? host, address.port);
+    this.regionIdPrefix =
+      this.options.regionIdPrefix ?? ['v', address.port, process.pid, Math.floor(this.options.clock.now()), ++fabricSeq].map((n) => (typeof n === 'number' ? n.toString(36) : n)).join('.');
+  }
+
+  registerRegion(options: { pageBytes: number; pageCount: number }): VerbsRegion {
+    assert(!this.closed, `verbs fabric ${this.endpointName} registers a region after close`);
+    assert(this.endpointName !== '', 'a verbs fabric registers regions once it listens');
+    assert(Number.isInteger(options.pageBytes) && options.pageBytes > 0, 'pageBytes is a positive integer');
+    assert(Number.isInteger(options.pageCount) && options.pageCount > 0 && options.pageCount <= 0xffff_ffff, 'pageCount fits a u32');
+    const byteLength = options.pageBytes * options.pageCount;
+    this.warnOnMemlock(byteLength);
+    let registration;
+    try {
+      registration = this.device.context.registerMemory(byteLength);
+    } catch (error) {
+      throw new TandemError(ErrorCode.TransferFailed, `verbs fabric cannot register ${byteLength} bytes: ${(error as Error).message}`, { cause: error });
+    }
+    this.registeredBytes += byteLength;
+    const regionId = `${this.regionIdPrefix}-${++this.regionSeq}`;
+    const region = new VerbsRegion({ fabric: 'verbs', endpoint: this.endpointName, regionId, pageBytes: options.pageBytes, pageCount: options.pageCount }, registration);
+    this.regions.set(regionId, region);
+    return region;
+  }
+
+  async connect(peer: RegionDescriptor, writer: WriterIdentity): Promise<FabricConnection> {
+    const refuse = (why: string): never => {
+      throw new TandemError(ErrorCode.TransferFailed, `verbs fabric cannot connect to ${peer.endpoint}/${peer.regionId}: ${why}`);
+    };
+    if (this.closed) refuse('this fabric is closed');
+    if (peer.fabric !== 'verbs') refuse(`the descriptor is for the ${peer.fabric} fabric`);
+    const address = parseEndpoint(peer.endpoint);
+    if (!address) return refuse(`'${peer.endpoint}' is not host:port`);
+    if (!Number.isSafeInteger(writer.epoch) || writer.epoch < 0) refuse(`epoch ${writer.epoch} is not a non-negative integer`);
+    if (this.outbound.size + this.inbound.size >= this.connectionsMax) refuse(`${this.connectionsMax} connections already share the completion queue (completionQueueEntries)`);
+    const connection = new VerbsConnection(this.connectionHost, peer, writer, address);
+    this.outbound.add(connection);
+    await connection.open();
+    return connection;
+  }
+
+  onPeerClosed(fn: (writer: WriterIdentity) => void): () => void {
+    const listener = (writer: WriterIdentity): void => fn(writer);
+    this.peerClosedListeners.add(listener);
+    return () => this.peerClosedListeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.peerClosedListeners.clear();
+    for (const connection of [...this.outbound]) connection.close();
+    for (const inbound of [...this.inbound]) inbound.destroy('the fabric is closing');
+    if (this.server.listening) await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.device.close();
+  }
+
+  /** The open outbound connections and inbound peers, for tests and inspection. */
+  connections(): { outbound: readonly VerbsConnection[]; inbound: readonly VerbsInbound[] } {
+    return { outbound: [...this.outbound], inbound: [...this.inbound] };
+  }
+
+  private warnOnMemlock(byteLength: number): void {
+    const { softBytes } = this.addon.memlockLimit();
+    if (this.registeredBytes + byteLength > softBytes) {
+      this.log.warn('registered memory exceeds the memlock limit; registration may fail (raise ulimit -l or systemd LimitMEMLOCK)', {
+        registeredBytes: this.registeredBytes + byteLength,
+        memlockBytes: softBytes,
+      });
+    }
+  }
+
+  private admit(hello: Hello): VerbsRegion | string {
+    if (this.closed) return 'the fabric is closing';
+    const region = this.regions.get(hello.regionId);
+    if (!region) return `no region ${hello.regionId} at ${this.endpointName}`;
+    const actual = region.descriptor;
+    if (actual.pageBytes !== hello.pageBytes || actual.pageCount !== hello.pageCount) {
+      return `the descriptor says ${hello.pageCount} x ${hello.pageBytes} B, region ${hello.regionId} is ${actual.pageCount} x ${actual.pageBytes} B`;
+    }
+    if (this.outbound.size + this.inbound.size > this.connectionsMax) return `${this.connectionsMax} connections already share the completion queue`;
+    return region;
+  }
+
+  private inboundOpened(inbound: VerbsInbound): void {
+    const key = writerKey(inbound.writer!);
+    this.inboundPerWriter.set(key, (this.inboundPerWriter.get(key) ?? 0) + 1);
+  }
+
+  /**
+   * Called once an inbound connection is gone, its queue pair already in error. Listeners hear of
+   * it when it was the writer's last connection here: until then its rooms may still be written.
+   */
+  private inboundClosed(inbound: VerbsInbound): void {
+    if (!this.inbound.delete(inbound) || !inbound.writer || this.closed) return;
+    const key = writerKey(inbound.writer);
+    const remaining = (this.inboundPerWriter.get(key) ?? 0) - 1;
+    assert(remaining >= 0, 'inbound connection counts never go negative');
+    if (remaining > 0) {
+      this.inboundPerWriter.set(key, remaining);
+      return;
+    }
+    this.inboundPerWriter.delete(key);
+    const writer = { ...inbound.writer };
+    for (const listener of [...this.peerClosedListeners]) listener(writer);
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    this.inbound.add(new VerbsInbound(this.inboundHost, socket));
+  }
+}
+
+/** Fabrics created by this process, so two on one port in one millisecond still get distinct region ids. */
+let fabricSeq = 0;
+
+function writerKey(writer: WriterIdentity): string {
+  return `${writer.instanceId}/${writer.epoch}`;
+}
