@@ -4,6 +4,7 @@ import { assert } from '../../util/assert.js';
 import type { Fabric, FabricConnection, RegionDescriptor, WriterIdentity } from '../fabric.js';
 import { SimConnection } from './sim-connection.js';
 import { SimRegion } from './sim-region.js';
+import { WriterPresence } from '../writer-presence.js';
 
 /** Writes one sim connection may have posted and not yet applied, unless the network says otherwise. */
 export const simWritesInFlightMaxDefault = 65_536;
@@ -150,8 +151,7 @@ export class SimFabric implements Fabric {
   private readonly regions = new Map<string, SimRegion>();
   private readonly outbound = new Set<SimConnection>();
   private readonly inbound = new Set<SimConnection>();
-  private readonly inboundPerWriter = new Map<string, number>();
-  private readonly peerClosedListeners = new Set<(writer: WriterIdentity) => void>();
+  private readonly writers = new WriterPresence();
 
   constructor(
     private readonly network: SimFabricNetwork,
@@ -189,20 +189,17 @@ export class SimFabric implements Fabric {
   }
 
   onPeerClosed(fn: (writer: WriterIdentity) => void): () => void {
-    const listener = (writer: WriterIdentity): void => fn(writer);
-    this.peerClosedListeners.add(listener);
-    return () => this.peerClosedListeners.delete(listener);
+    return this.writers.onPeerClosed(fn);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.network.detach(this);
-    this.peerClosedListeners.clear();
+    this.writers.clear();
     for (const connection of [...this.outbound]) connection.close();
     for (const connection of [...this.inbound]) connection.breakFromReceiver();
     this.inbound.clear();
-    this.inboundPerWriter.clear();
   }
 
   /** Writes in flight on this endpoint's outbound connections. */
@@ -220,8 +217,7 @@ export class SimFabric implements Fabric {
   /** Called when a writer connects to one of this endpoint's regions. */
   inboundOpened(connection: SimConnection): void {
     this.inbound.add(connection);
-    const key = writerKey(connection.writer);
-    this.inboundPerWriter.set(key, (this.inboundPerWriter.get(key) ?? 0) + 1);
+    this.writers.opened(connection.writer);
   }
 
   /**
@@ -231,21 +227,8 @@ export class SimFabric implements Fabric {
    */
   inboundClosed(connection: SimConnection): void {
     if (!this.inbound.delete(connection)) return;
-    const key = writerKey(connection.writer);
-    const remaining = (this.inboundPerWriter.get(key) ?? 0) - 1;
-    assert(remaining >= 0, 'inbound connection counts never go negative');
-    if (remaining > 0) {
-      this.inboundPerWriter.set(key, remaining);
-      return;
-    }
-    this.inboundPerWriter.delete(key);
-    const writer = connection.writer;
-    this.network.clock.setTimeout(() => {
-      for (const listener of [...this.peerClosedListeners]) listener(writer);
-    }, this.network.latencyMs);
+    this.writers.closed(connection.writer, (notify) => this.network.clock.setTimeout(notify, this.network.latencyMs));
   }
+
 }
 
-function writerKey(writer: WriterIdentity): string {
-  return `${writer.instanceId}/${writer.epoch}`;
-}

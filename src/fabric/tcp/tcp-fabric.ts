@@ -8,6 +8,7 @@ import { helloIdBytesMax, u32Max, type Hello } from './frame-codec.js';
 import { TcpConnection } from './tcp-connection.js';
 import { TcpInbound, type InboundHost } from './tcp-inbound.js';
 import { TcpRegion } from './tcp-region.js';
+import { WriterPresence } from '../writer-presence.js';
 
 /** Defaults of the TCP fabric's limits; each can be overridden in TcpFabricOptions. */
 export const tcpFabricDefaults = {
@@ -82,8 +83,7 @@ export class TcpFabric implements Fabric {
   private readonly regions = new Map<string, TcpRegion>();
   private readonly outbound = new Set<TcpConnection>();
   private readonly inbound = new Set<TcpInbound>();
-  private readonly inboundPerWriter = new Map<string, number>();
-  private readonly peerClosedListeners = new Set<(writer: WriterIdentity) => void>();
+  private readonly writers = new WriterPresence();
   private readonly inboundHost: InboundHost;
 
   constructor(private readonly options: TcpFabricOptions) {
@@ -163,15 +163,13 @@ export class TcpFabric implements Fabric {
   }
 
   onPeerClosed(fn: (writer: WriterIdentity) => void): () => void {
-    const listener = (writer: WriterIdentity): void => fn(writer);
-    this.peerClosedListeners.add(listener);
-    return () => this.peerClosedListeners.delete(listener);
+    return this.writers.onPeerClosed(fn);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.peerClosedListeners.clear();
+    this.writers.clear();
     for (const connection of [...this.outbound]) connection.close();
     for (const inbound of [...this.inbound]) inbound.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -196,8 +194,7 @@ export class TcpFabric implements Fabric {
 
   /** Called by an inbound connection once its writer's hello is accepted. */
   private inboundOpened(inbound: TcpInbound): void {
-    const key = writerKey(inbound.writer!);
-    this.inboundPerWriter.set(key, (this.inboundPerWriter.get(key) ?? 0) + 1);
+    this.writers.opened(inbound.writer!);
   }
 
   /**
@@ -207,17 +204,9 @@ export class TcpFabric implements Fabric {
    */
   private inboundClosed(inbound: TcpInbound): void {
     if (!this.inbound.delete(inbound) || !inbound.writer || this.closed) return;
-    const key = writerKey(inbound.writer);
-    const remaining = (this.inboundPerWriter.get(key) ?? 0) - 1;
-    assert(remaining >= 0, 'inbound connection counts never go negative');
-    if (remaining > 0) {
-      this.inboundPerWriter.set(key, remaining);
-      return;
-    }
-    this.inboundPerWriter.delete(key);
-    const writer = { ...inbound.writer };
-    for (const listener of [...this.peerClosedListeners]) listener(writer);
+    this.writers.closed(inbound.writer);
   }
+
 
   private accept(socket: Socket): void {
     if (this.closed) {
@@ -231,9 +220,6 @@ export class TcpFabric implements Fabric {
 /** Fabrics created by this process, so two on one port in one millisecond still get distinct region ids. */
 let fabricSeq = 0;
 
-function writerKey(writer: WriterIdentity): string {
-  return `${writer.instanceId}/${writer.epoch}`;
-}
 
 function fitsHello(id: string): boolean {
   const bytes = Buffer.byteLength(id, 'utf8');

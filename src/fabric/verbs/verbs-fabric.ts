@@ -12,6 +12,7 @@ import { VerbsConnection, type VerbsConnectionHost } from './verbs-connection.js
 import { VerbsDevice } from './verbs-device.js';
 import { VerbsInbound, type VerbsInboundHost } from './verbs-inbound.js';
 import { VerbsRegion } from './verbs-region.js';
+import { WriterPresence } from '../writer-presence.js';
 
 /** Defaults of the verbs fabric's limits; each can be overridden in VerbsFabricOptions. */
 export const verbsFabricDefaults = {
@@ -124,8 +125,7 @@ export class VerbsFabric implements Fabric {
   private readonly regions = new Map<string, VerbsRegion>();
   private readonly outbound = new Set<VerbsConnection>();
   private readonly inbound = new Set<VerbsInbound>();
-  private readonly inboundPerWriter = new Map<string, number>();
-  private readonly peerClosedListeners = new Set<(writer: WriterIdentity) => void>();
+  private readonly writers = new WriterPresence();
 
   constructor(
     private readonly options: VerbsFabricOptions,
@@ -236,15 +236,13 @@ export class VerbsFabric implements Fabric {
   }
 
   onPeerClosed(fn: (writer: WriterIdentity) => void): () => void {
-    const listener = (writer: WriterIdentity): void => fn(writer);
-    this.peerClosedListeners.add(listener);
-    return () => this.peerClosedListeners.delete(listener);
+    return this.writers.onPeerClosed(fn);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.peerClosedListeners.clear();
+    this.writers.clear();
     for (const connection of [...this.outbound]) connection.close();
     for (const inbound of [...this.inbound]) inbound.destroy('the fabric is closing');
     if (this.server.listening) await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -279,8 +277,7 @@ export class VerbsFabric implements Fabric {
   }
 
   private inboundOpened(inbound: VerbsInbound): void {
-    const key = writerKey(inbound.writer!);
-    this.inboundPerWriter.set(key, (this.inboundPerWriter.get(key) ?? 0) + 1);
+    this.writers.opened(inbound.writer!);
   }
 
   /**
@@ -289,17 +286,9 @@ export class VerbsFabric implements Fabric {
    */
   private inboundClosed(inbound: VerbsInbound): void {
     if (!this.inbound.delete(inbound) || !inbound.writer || this.closed) return;
-    const key = writerKey(inbound.writer);
-    const remaining = (this.inboundPerWriter.get(key) ?? 0) - 1;
-    assert(remaining >= 0, 'inbound connection counts never go negative');
-    if (remaining > 0) {
-      this.inboundPerWriter.set(key, remaining);
-      return;
-    }
-    this.inboundPerWriter.delete(key);
-    const writer = { ...inbound.writer };
-    for (const listener of [...this.peerClosedListeners]) listener(writer);
+    this.writers.closed(inbound.writer);
   }
+
 
   private accept(socket: Socket): void {
     if (this.closed) {
@@ -313,6 +302,3 @@ export class VerbsFabric implements Fabric {
 /** Fabrics created by this process, so two on one port in one millisecond still get distinct region ids. */
 let fabricSeq = 0;
 
-function writerKey(writer: WriterIdentity): string {
-  return `${writer.instanceId}/${writer.epoch}`;
-}
