@@ -3,7 +3,7 @@ import { LlamaEngine } from '../src/engine/llama/llama-engine.js';
 import { runAggregated } from '../src/internal.js';
 import { promptOfLength, writeTinyModels, type TinyModels } from './helpers/llama-fixture.js';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
-import { startTandem, type TandemProcess } from './helpers/tandem-process.js';
+import { healthCounts, startTandem, stopAll, waitForWorkers, type TandemProcess } from './helpers/tandem-process.js';
 
 // `tandem frontend|worker --model`: a GGUF model served by a frontend (vocabulary only), a
 // prefill worker and a decode worker, each its own process; the KV state moves between the
@@ -20,9 +20,6 @@ async function workers(url: string): Promise<WorkerView[]> {
   return ((await (await fetch(`${url}/cluster`)).json()) as { workers: WorkerView[] }).workers;
 }
 
-async function healthCounts(url: string): Promise<{ prefill: number; decode: number }> {
-  return ((await (await fetch(`${url}/health`)).json()) as { workers: { prefill: number; decode: number } }).workers;
-}
 
 describe('llama engine across processes over NATS and the TCP fabric', () => {
   let models: TinyModels;
@@ -39,19 +36,11 @@ describe('llama engine across processes over NATS and the TCP fabric', () => {
     const frontend = startTandem('frontend', ['frontend', '--port', '0', ...common, '--log-level', 'info']);
     processes.push(frontend);
     url = (await frontend.waitFor(/frontend listening .*url=(http:\/\/\S+)/, 30_000))[1]!;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const counts = await healthCounts(url);
-      if (counts.prefill === 1 && counts.decode === 1) break;
-      if (Date.now() > deadline) throw new Error(`workers did not register: ${JSON.stringify(counts)}\n${processes.map((p) => p.output()).join('\n')}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await waitForWorkers(url, { prefill: 1, decode: 1 }, processes, 30_000);
   }, 60_000);
 
   afterAll(async () => {
-    for (const child of processes) child.kill('SIGTERM');
-    await Promise.all(processes.map((child) => Promise.race([child.exited(), new Promise((resolve) => setTimeout(resolve, 5000))])));
-    for (const child of processes) child.kill('SIGKILL');
+    await stopAll(processes);
     await nats?.stop();
     models?.remove();
   }, 30_000);

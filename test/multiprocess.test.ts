@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SimEngine } from '../src/engine/sim/sim-engine.js';
 import { realClock, runAggregated } from '../src/internal.js';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
-import { startTandem, type TandemProcess } from './helpers/tandem-process.js';
+import { healthCounts, startTandem, stopAll, waitForWorkers, type TandemProcess } from './helpers/tandem-process.js';
 
 // The whole flow across processes: nats-server, a frontend, two prefill and two decode workers,
 // each its own process; KV moves between processes over the TCP fabric.
@@ -23,10 +23,6 @@ export async function clusterView(url: string): Promise<ClusterView> {
   return (await (await fetch(`${url}/cluster`)).json()) as ClusterView;
 }
 
-export async function healthCounts(url: string): Promise<{ prefill: number; decode: number }> {
-  const body = (await (await fetch(`${url}/health`)).json()) as { workers: { prefill: number; decode: number } };
-  return body.workers;
-}
 
 const engineArgs = ['--speedup', '20', '--log-level', 'warn', '--heartbeat-ms', '250'];
 
@@ -44,19 +40,11 @@ describe('multi-process cluster over NATS and the TCP fabric', () => {
     const frontend = startTandem('frontend', ['frontend', '--port', '0', ...common, '--log-level', 'info']);
     processes.push(frontend);
     url = (await frontend.waitFor(/frontend listening .*url=(http:\/\/\S+)/))[1]!;
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      const counts = await healthCounts(url);
-      if (counts.prefill === 2 && counts.decode === 2) break;
-      if (Date.now() > deadline) throw new Error(`workers did not register: ${JSON.stringify(counts)}\n${processes.map((p) => p.output()).join('\n')}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await waitForWorkers(url, { prefill: 2, decode: 2 }, processes);
   }, 60_000);
 
   afterAll(async () => {
-    for (const child of processes) child.kill('SIGTERM');
-    await Promise.all(processes.map((child) => Promise.race([child.exited(), new Promise((resolve) => setTimeout(resolve, 5000))])));
-    for (const child of processes) child.kill('SIGKILL');
+    await stopAll(processes);
     await nats?.stop();
   }, 30_000);
 

@@ -75,3 +75,26 @@ export function startTandem(name: string, args: string[], env: Record<string, st
     exited: () => exit,
   };
 }
+
+/** How many workers of each role the frontend at `url` lists on GET /health. */
+export async function healthCounts(url: string): Promise<{ prefill: number; decode: number }> {
+  return ((await (await fetch(`${url}/health`)).json()) as { workers: { prefill: number; decode: number } }).workers;
+}
+
+/** Waits until the frontend at `url` lists exactly `expected` workers; fails with every process's output otherwise. */
+export async function waitForWorkers(url: string, expected: { prefill: number; decode: number }, processes: readonly TandemProcess[], timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const counts = await healthCounts(url);
+    if (counts.prefill === expected.prefill && counts.decode === expected.decode) return;
+    if (Date.now() > deadline) throw new Error(`workers did not register: ${JSON.stringify(counts)}\n${processes.map((p) => p.output()).join('\n')}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** Stops processes: SIGTERM (a graceful drain), up to 5 s to exit, then SIGKILL. */
+export async function stopAll(processes: readonly TandemProcess[]): Promise<void> {
+  for (const child of processes) child.kill('SIGTERM');
+  await Promise.all(processes.map((child) => Promise.race([child.exited(), new Promise((resolve) => setTimeout(resolve, 5000))])));
+  for (const child of processes) child.kill('SIGKILL');
+}
