@@ -1,5 +1,5 @@
 import { assert } from '../util/assert.js';
-import type { WriterIdentity } from './fabric.js';
+import type { RegionDescriptor, WriterIdentity } from './fabric.js';
 
 /**
  * The writers connected to one fabric endpoint's regions, counted per writer, and who to tell
@@ -54,4 +54,25 @@ export class WriterPresence {
 
 function writerKey(writer: WriterIdentity): string {
   return `${writer.instanceId}/${writer.epoch}`;
+}
+
+/** What a writer's hello names: the region and the page geometry its descriptor promised. */
+export interface RegionRequest {
+  regionId: string;
+  pageBytes: number;
+  pageCount: number;
+}
+
+/**
+ * The region a connecting writer asks for, or why it is refused: the region must exist at this
+ * endpoint and have the geometry the writer's descriptor says (a stale descriptor is refused).
+ */
+export function admitRegion<R extends { readonly descriptor: RegionDescriptor }>(regions: ReadonlyMap<string, R>, request: RegionRequest, endpoint: string): R | string {
+  const region = regions.get(request.regionId);
+  if (!region) return `no region ${request.regionId} at ${endpoint}`;
+  const actual = region.descriptor;
+  if (actual.pageBytes !== request.pageBytes || actual.pageCount !== request.pageCount) {
+    return `the descriptor says ${request.pageCount} x ${request.pageBytes} B, region ${request.regionId} is ${actual.pageCount} x ${actual.pageBytes} B`;
+  }
+  return region;
 }

@@ -8,7 +8,7 @@ import { helloIdBytesMax, u32Max, type Hello } from './frame-codec.js';
 import { TcpConnection } from './tcp-connection.js';
 import { TcpInbound, type InboundHost } from './tcp-inbound.js';
 import { TcpRegion } from './tcp-region.js';
-import { WriterPresence } from '../writer-presence.js';
+import { admitRegion, WriterPresence } from '../writer-presence.js';
 
 /** Defaults of the TCP fabric's limits; each can be overridden in TcpFabricOptions. */
 export const tcpFabricDefaults = {
@@ -183,13 +183,7 @@ export class TcpFabric implements Fabric {
   /** The region a writer's hello asks for, or why it is refused. */
   private admit(hello: Hello): TcpRegion | string {
     if (this.closed) return 'the fabric is closing';
-    const region = this.regions.get(hello.regionId);
-    if (!region) return `no region ${hello.regionId} at ${this.endpointName}`;
-    const actual = region.descriptor;
-    if (actual.pageBytes !== hello.pageBytes || actual.pageCount !== hello.pageCount) {
-      return `the descriptor says ${hello.pageCount} x ${hello.pageBytes} B, region ${hello.regionId} is ${actual.pageCount} x ${actual.pageBytes} B`;
-    }
-    return region;
+    return admitRegion(this.regions, hello, this.endpointName);
   }
 
   /** Called by an inbound connection once its writer's hello is accepted. */
@@ -207,7 +201,6 @@ export class TcpFabric implements Fabric {
     this.writers.closed(inbound.writer);
   }
 
-
   private accept(socket: Socket): void {
     if (this.closed) {
       socket.destroy();
@@ -219,7 +212,6 @@ export class TcpFabric implements Fabric {
 
 /** Fabrics created by this process, so two on one port in one millisecond still get distinct region ids. */
 let fabricSeq = 0;
-
 
 function fitsHello(id: string): boolean {
   const bytes = Buffer.byteLength(id, 'utf8');

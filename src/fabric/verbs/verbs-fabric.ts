@@ -12,7 +12,7 @@ import { VerbsConnection, type VerbsConnectionHost } from './verbs-connection.js
 import { VerbsDevice } from './verbs-device.js';
 import { VerbsInbound, type VerbsInboundHost } from './verbs-inbound.js';
 import { VerbsRegion } from './verbs-region.js';
-import { WriterPresence } from '../writer-presence.js';
+import { admitRegion, WriterPresence } from '../writer-presence.js';
 
 /** Defaults of the verbs fabric's limits; each can be overridden in VerbsFabricOptions. */
 export const verbsFabricDefaults = {
@@ -266,12 +266,8 @@ export class VerbsFabric implements Fabric {
 
   private admit(hello: Hello): VerbsRegion | string {
     if (this.closed) return 'the fabric is closing';
-    const region = this.regions.get(hello.regionId);
-    if (!region) return `no region ${hello.regionId} at ${this.endpointName}`;
-    const actual = region.descriptor;
-    if (actual.pageBytes !== hello.pageBytes || actual.pageCount !== hello.pageCount) {
-      return `the descriptor says ${hello.pageCount} x ${hello.pageBytes} B, region ${hello.regionId} is ${actual.pageCount} x ${actual.pageBytes} B`;
-    }
+    const region = admitRegion(this.regions, hello, this.endpointName);
+    if (typeof region === 'string') return region;
     if (this.outbound.size + this.inbound.size > this.connectionsMax) return `${this.connectionsMax} connections already share the completion queue`;
     return region;
   }
@@ -288,7 +284,6 @@ export class VerbsFabric implements Fabric {
     if (!this.inbound.delete(inbound) || !inbound.writer || this.closed) return;
     this.writers.closed(inbound.writer);
   }
-
 
   private accept(socket: Socket): void {
     if (this.closed) {
