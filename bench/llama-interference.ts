@@ -156,14 +156,21 @@ export async function benchLlamaInterference(options: InterferenceOptions): Prom
     const results = { aggregated: await aggregated(model, options), disaggregated: await disaggregated(model, options) };
     console.log(`\nprefill interference, llama.cpp CPU, ${benchSpec.layers}x${benchSpec.width} model, ${options.threads} thread(s) per worker process`);
     console.log(`${'mode'.padEnd(15)} ${'ITL p50'.padStart(9)} ${'ITL p99'.padStart(9)} ${'ITL max'.padStart(9)} ${'long TTFT p50'.padStart(14)} ${'tokens'.padStart(7)} ${'failures'.padStart(9)}`);
-    for (const [mode, result] of Object.entries(results)) {
+    const summary = (result: (typeof results)['aggregated']) => {
       const itl = [...result.itlMs].sort((a, b) => a - b);
       const ttft = [...result.longTtftMs].sort((a, b) => a - b);
+      return { p50: percentile(itl, 50), p99: percentile(itl, 99), max: itl.at(-1) ?? Number.NaN, ttft: percentile(ttft, 50), tokens: itl.length };
+    };
+    const rows = { aggregated: summary(results.aggregated), disaggregated: summary(results.disaggregated) };
+    for (const [mode, row] of Object.entries(rows)) {
+      const failures = results[mode as keyof typeof results].failures;
       console.log(
-        `${mode.padEnd(15)} ${percentile(itl, 50).toFixed(1).padStart(9)} ${percentile(itl, 99).toFixed(1).padStart(9)} ${(itl.at(-1) ?? Number.NaN).toFixed(1).padStart(9)} ${percentile(ttft, 50).toFixed(0).padStart(14)} ${String(itl.length).padStart(7)} ${String(result.failures).padStart(9)}`,
+        `${mode.padEnd(15)} ${row.p50.toFixed(1).padStart(9)} ${row.p99.toFixed(1).padStart(9)} ${row.max.toFixed(1).padStart(9)} ${row.ttft.toFixed(0).padStart(14)} ${String(row.tokens).padStart(7)} ${String(failures).padStart(9)}`,
       );
-      if (result.failures > 0) process.exitCode = 1;
+      if (failures > 0) process.exitCode = 1;
     }
+    const { aggregated: agg, disaggregated: dis } = rows;
+    console.log(`${'ratio agg/dis'.padEnd(15)} ${(agg.p50 / dis.p50).toFixed(2).padStart(9)} ${(agg.p99 / dis.p99).toFixed(2).padStart(9)} ${(agg.max / dis.max).toFixed(2).padStart(9)} ${(agg.ttft / dis.ttft).toFixed(2).padStart(14)}`);
     console.log('(ms; ITL = time between streamed tokens of the running streams)');
   } finally {
     rmSync(dir, { recursive: true, force: true });
