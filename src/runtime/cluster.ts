@@ -135,9 +135,15 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
   const engineFactory = config.engineFactory ?? (config.llama ? llamaEngineFactory(config.llama, mode) : undefined);
   const engines: Engine[] = [];
   const engine = async (role: 'frontend' | 'prefill' | 'decode', onKvEvent?: (event: EngineKvEvent) => void): Promise<Engine> => {
+    // Loading a real model takes a while; say what is happening, once per role.
+    if (config.llama) log.info('loading model', { role, path: config.llama.modelPath, weights: role === 'frontend' ? 'vocabulary only' : 'all' });
     const made = engineFactory
       ? await engineFactory(role, onKvEvent ? { onKvEvent } : {})
       : new SimEngine({ ...config.engine, clock, ...(onKvEvent ? { onKvEvent } : {}) });
+    if (config.llama) {
+      const { name, identity, kvLayout, kvBytesPerToken, contextTokensMax } = made.model;
+      log.info('model ready', { role, name, identity, kv_layout: kvLayout, kv_bytes_per_token: kvBytesPerToken, context_tokens_max: contextTokensMax });
+    }
     engines.push(made);
     return made;
   };
