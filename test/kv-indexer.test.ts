@@ -69,6 +69,28 @@ describe('KvIndexer', () => {
     expect(index.apply(stored('a', 0, p0!.slice(0, 1)))).toBe('applied');
   });
 
+  it('starts a worker afresh when a higher incarnation reports, and ignores the old one’s late news', () => {
+    const indexer = new KvIndexer();
+    const [a, b] = [prompts[0]!, prompts[2]!];
+    expect(indexer.apply({ ...stored('w', 0, a), epoch: 1 })).toBe('applied');
+    expect(indexer.apply({ ...stored('w', 1, b), epoch: 1 })).toBe('applied');
+    // The worker restarted with an empty cache: epoch 2 begins at seq 0 and replaces everything.
+    expect(indexer.apply({ ...stored('w', 0, b.slice(0, 1)), epoch: 2 })).toBe('applied');
+    expect(indexer.blocksOf('w')).toEqual(b.slice(0, 1));
+    expect(indexer.match(a).get('w') ?? 0).toBe(0);
+    // A late event and a late snapshot of epoch 1 change nothing.
+    expect(indexer.apply({ ...stored('w', 2, a), epoch: 1 })).toBe('stale');
+    expect(indexer.resync('w', a, 5, 1)).toBe(true);
+    expect(indexer.blocksOf('w')).toEqual(b.slice(0, 1));
+    // Epoch 2 goes on from seq 1; a first event lost after a restart shows up as a gap.
+    expect(indexer.apply({ ...stored('w', 1, b.slice(1)), epoch: 2 })).toBe('applied');
+    expect(indexer.apply({ ...stored('w', 1, a), epoch: 3 })).toBe('gap');
+    expect(indexer.needsResync('w')).toBe(true);
+    expect(indexer.resync('w', a, 1, 3)).toBe(true);
+    expect(indexer.needsResync('w')).toBe(false);
+    expect(new Set(indexer.blocksOf('w'))).toEqual(new Set(a));
+  });
+
   it('forgets a worker’s oldest-stored block at blocksPerWorkerMax and refuses workers past workersMax', () => {
     const index = new KvIndexer({ blocksPerWorkerMax: 2, workersMax: 1 });
     const [p0] = prompts;

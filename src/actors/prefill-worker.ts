@@ -129,7 +129,7 @@ export class PrefillWorker {
     const { kind, seq } = event;
     // One insert stores at most a prompt's blocks, far below the message limit.
     assert(event.blocks.length <= kvBlocksPerMessageMax, `a KV event names ${event.blocks.length} blocks`);
-    this.options.transport.publish(kvEventsSubject, encode('kv_events', { worker: this.options.instanceId, seq, kind, blocks: event.blocks }));
+    this.options.transport.publish(kvEventsSubject, encode('kv_events', { worker: this.options.instanceId, epoch: this.options.epoch, seq, kind, blocks: event.blocks }));
   }
 
   private onKvBlocks(message: InboundMessage): void {
@@ -138,7 +138,7 @@ export class PrefillWorker {
     const snapshot = this.options.engine.kvSnapshot?.() ?? { seq: -1, blocks: [] };
     // The newest blocks matter most for routing, so an oversized cache loses its oldest ones.
     const blocks = snapshot.blocks.slice(-kvBlocksPerMessageMax);
-    message.respond(encode('kv_blocks_reply', { worker: this.options.instanceId, seq: snapshot.seq, blocks }));
+    message.respond(encode('kv_blocks_reply', { worker: this.options.instanceId, epoch: this.options.epoch, seq: snapshot.seq, blocks }));
   }
 
   private onStats(message: InboundMessage): void {

@@ -116,6 +116,8 @@ export const messageSchemas = {
   /** prefill worker → routers (event, on `subjects.kvEvents`): its prefix cache changed. */
   kv_events: z.strictObject({
     worker: id,
+    /** The worker's incarnation; a higher one starts its cache and seq afresh. */
+    epoch: uint.optional(),
     seq: uint,
     kind: z.enum(['stored', 'removed', 'cleared']),
     blocks: z.array(blockHash).max(kvBlocksPerMessageMax),
@@ -125,6 +127,7 @@ export const messageSchemas = {
   /** prefill worker → router (reply): every block held, as of event `seq` (-1: before any event). */
   kv_blocks_reply: z.strictObject({
     worker: id,
+    epoch: uint.optional(),
     seq: z.number().int().min(-1),
     blocks: z.array(blockHash).max(kvBlocksPerMessageMax),
   }),

@@ -16,6 +16,12 @@ export interface KvEvent {
   worker: string;
   /** Per-worker sequence number: 0 for a worker's first event, then +1 per event. */
   seq: number;
+  /**
+   * The worker's incarnation. A restarted worker (same id, higher epoch) starts with an empty
+   * cache and seq 0: its first event replaces what the index held, and late events of the old
+   * incarnation are stale. Absent: incarnations are not told apart.
+   */
+  epoch?: number;
   /** `stored`: the blocks are now cached; `removed`: they were evicted; `cleared`: the whole cache was dropped. */
   kind: 'stored' | 'removed' | 'cleared';
   /** The blocks concerned; ignored for `cleared`. */
@@ -60,6 +66,8 @@ interface WorkerEntry {
   blocks: Map<BlockHash, true>;
   lastSeq: number;
   needsResync: boolean;
+  /** The incarnation the entries belong to, when events carry one. */
+  epoch: number | undefined;
 }
 
 /**
@@ -103,9 +111,10 @@ export class KvIndexer {
         this.refusedEvents++;
         return 'refused';
       }
-      entry = { blocks: new Map(), lastSeq: -1, needsResync: false };
+      entry = { blocks: new Map(), lastSeq: -1, needsResync: false, epoch: event.epoch };
       this.workers.set(event.worker, entry);
     }
+    if (!this.sameIncarnation(event.worker, entry, event.epoch)) return 'stale';
     if (event.seq <= entry.lastSeq) return 'stale';
     const expectedSeq = entry.lastSeq + 1;
     const gap = event.seq !== expectedSeq;
@@ -133,7 +142,7 @@ export class KvIndexer {
    * the snapshot includes); later events continue from `seq + 1`. Returns false when refused
    * because of `workersMax`.
    */
-  resync(worker: string, blocks: readonly BlockHash[], seq: number): boolean {
+  resync(worker: string, blocks: readonly BlockHash[], seq: number, epoch?: number): boolean {
     assert(Number.isInteger(seq) && seq >= -1, `bad resync seq ${seq}`);
     let entry = this.workers.get(worker);
     if (entry === undefined) {
@@ -141,13 +150,32 @@ export class KvIndexer {
         this.refusedEvents++;
         return false;
       }
-      entry = { blocks: new Map(), lastSeq: -1, needsResync: false };
+      entry = { blocks: new Map(), lastSeq: -1, needsResync: false, epoch };
       this.workers.set(worker, entry);
     }
+    // A snapshot from an incarnation older than the one indexed says nothing about today's cache.
+    if (!this.sameIncarnation(worker, entry, epoch)) return true;
     this.forgetAll(worker, entry);
     for (const hash of blocks) this.store(worker, entry, hash);
     entry.lastSeq = seq;
     entry.needsResync = false;
+    return true;
+  }
+
+  /**
+   * Whether news of incarnation `epoch` applies to `entry`: an older one does not; a newer one
+   * does, after the entry is reset (the restarted worker's cache starts empty at seq -1).
+   */
+  private sameIncarnation(worker: string, entry: WorkerEntry, epoch: number | undefined): boolean {
+    if (epoch === undefined || entry.epoch === undefined || epoch === entry.epoch) {
+      entry.epoch ??= epoch;
+      return true;
+    }
+    if (epoch < entry.epoch) return false;
+    this.forgetAll(worker, entry);
+    entry.lastSeq = -1;
+    entry.needsResync = false;
+    entry.epoch = epoch;
     return true;
   }
 

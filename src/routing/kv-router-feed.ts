@@ -71,7 +71,7 @@ export class KvRouterFeed implements KvPrefillRanker {
     this.subscription = this.options.transport.subscribe(kvEventsSubject, (message) => {
       try {
         const body = decode(message.data, 'kv_events');
-        this.apply({ worker: body.worker, seq: body.seq, kind: body.kind, blocks: body.blocks.map((hash) => ({ hash })) });
+        this.apply({ worker: body.worker, ...(body.epoch !== undefined ? { epoch: body.epoch } : {}), seq: body.seq, kind: body.kind, blocks: body.blocks.map((hash) => ({ hash })) });
       } catch (error) {
         this.options.log.warn('dropped a malformed KV event', { error: String(error) });
       }
@@ -119,7 +119,7 @@ export class KvRouterFeed implements KvPrefillRanker {
       .request(subjects.kvBlocks(record.subjectPrefix), encode('kv_blocks_request', {}), { timeoutMs })
       .then((data) => {
         const reply = decode(data, 'kv_blocks_reply');
-        this.indexer.resync(reply.worker, reply.blocks, reply.seq);
+        this.indexer.resync(reply.worker, reply.blocks, reply.seq, reply.epoch);
       })
       .catch((error: unknown) => {
         this.options.log.warn('KV resync failed', { worker, error: String(error) });
