@@ -51,6 +51,8 @@ function scenarioFrom(options: Options, seed: number): ScenarioInput {
   if (options.pages !== undefined) cluster.pageCount = options.pages;
   if (options.pageBytes !== undefined) cluster.pageBytes = options.pageBytes;
   if (options.speedup !== undefined) cluster.engine = { speedup: options.speedup };
+  if (options.routing !== undefined) cluster.routing = options.routing;
+  if (options.migrationsMax !== undefined) cluster.migrationsMax = options.migrationsMax;
   const workload: Record<string, unknown> = {};
   if (options.requests !== undefined) workload.requests = options.requests;
   if (options.rate !== undefined) workload.arrival = { kind: 'poisson', ratePerSec: options.rate };
@@ -106,6 +108,8 @@ export function registerSimulateCommand(program: Command): Command {
     .addOption(new Option('--pages <n>', 'KV pages per decode worker').argParser(integer(1)))
     .addOption(new Option('--page-bytes <n>', 'bytes per KV page').argParser(integer(1)))
     .addOption(new Option('--speedup <x>', "divide the sim engine's step times by x").argParser(positive))
+    .addOption(new Option('--routing <mode>', 'how the client picks prefill workers (kv-aware: prefill workers publish KV events over the faulty network)').choices(['round-robin', 'random', 'kv-aware']))
+    .addOption(new Option('--migrations-max <n>', 'times a request whose decode worker dies mid-stream moves to another one (default 0)').argParser(integer(0)))
     .addOption(new Option('--heal-at-ms <ms>', 'when faults stop (default: when the last request has arrived)').argParser(integer(0)))
     .addOption(new Option('--probes <n>', 'fault-free requests after healing that must all complete').argParser(integer(0)))
     .addOption(new Option('--name <name>', 'scenario name in the report'))
