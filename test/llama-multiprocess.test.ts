@@ -82,7 +82,8 @@ describe('llama engine across processes over NATS and the TCP fabric', () => {
     good.kill('SIGTERM');
     expect(await good.exited()).toBe(0);
     processes.push(startTandem('prefill-other', ['worker', '--role', 'prefill', ...common, '--model', models.other, '--model-name', 'tiny-llama']));
-    const deadline = Date.now() + 30_000;
+    // Starting a process that loads and hashes a model can take long on a loaded machine.
+    const deadline = Date.now() + 45_000;
     while ((await workers(url)).filter((worker) => worker.role === 'prefill').length !== 1 || (await healthCounts(url)).prefill !== 1) {
       if (Date.now() > deadline) throw new Error(`the other prefill worker did not register\n${processes.at(-1)!.output()}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -102,5 +103,5 @@ describe('llama engine across processes over NATS and the TCP fabric', () => {
       if (Date.now() > poll) throw new Error(`decode pages did not come back: ${JSON.stringify(decode?.stats?.pool)}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-  }, 60_000);
+  }, 90_000);
 });

@@ -21,7 +21,12 @@ export interface LlamaClusterConfig {
   threads?: number;
   /** The llama.cpp binary: false (default) is the CPU build; 'cuda', 'vulkan', 'metal' or 'auto' need that prebuilt installed. */
   gpu?: LlamaGpu;
+  /** Sequences a prefill worker keeps for its prefix cache (at most sequencesMax - 1); default 2, fewer when sequencesMax is smaller. */
+  prefixCacheSequencesMax?: number;
 }
+
+/** Prefix-cache sequences of a prefill worker when the config does not say. */
+const defaultPrefixCacheSequences = 2;
 
 /**
  * Engines on llama.cpp: a vocabulary-only load for frontends, a multi-sequence context per prefill
@@ -38,11 +43,15 @@ export function llamaEngineFactory(config: LlamaClusterConfig, mode: 'disaggrega
     ...(config.sequencesMax !== undefined ? { sequencesMax: config.sequencesMax } : {}),
     ...(config.gpu !== undefined ? { gpu: config.gpu } : {}),
   };
-  return async (role) => {
+  return async (role, hooks) => {
     // Loaded on first use, so processes serving the sim engine never load node-llama-cpp.
-    const { createLlamaEngine } = await import('../engine/llama/llama-engine.js');
+    const { createLlamaEngine, defaultSequences } = await import('../engine/llama/llama-engine.js');
+    const sequences = config.sequencesMax ?? defaultSequences;
+    const prefixCacheSequencesMax = config.prefixCacheSequencesMax ?? Math.max(0, Math.min(defaultPrefixCacheSequences, sequences - 1));
     if (role === 'frontend') return createLlamaEngine({ ...common, vocabOnly: true });
-    if (role === 'prefill') return createLlamaEngine(common);
+    if (role === 'prefill') {
+      return createLlamaEngine({ ...common, prefixCacheSequencesMax, ...(hooks.onKvEvent ? { onKvEvent: hooks.onKvEvent } : {}) });
+    }
     return createLlamaEngine({ ...common, keepPrefilled: mode === 'aggregated' });
   };
 }

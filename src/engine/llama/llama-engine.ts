@@ -1,10 +1,12 @@
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
 import { ErrorCode, TandemError } from '../../errors.js';
 import { assert } from '../../util/assert.js';
-import type { ChatMessage, DecodeSequence, Detokenizer, Engine, ModelInfo, PrefillResult, SamplingParams } from '../engine.js';
+import { defaultBlockTokens, type BlockHash } from '../../kv/prefix-hash.js';
+import type { ChatMessage, DecodeSequence, Detokenizer, Engine, EngineKvEvent, ModelInfo, PrefillResult, SamplingParams } from '../engine.js';
 import { loadLlamaModel, type LlamaGpu, type LlamaModelFacts } from './llama-model-file.js';
 import { evaluateItem, pickToken } from './llama-sampler.js';
 import { LlamaStateFiles } from './llama-state.js';
+import { PrefillCache, type PrefillLease } from './prefill-cache.js';
 import { LlamaChatTemplate, LlamaDetokenizer } from './llama-text.js';
 import { SequenceSlots } from './sequence-slots.js';
 
@@ -37,6 +39,34 @@ export interface LlamaEngineOptions {
   batchTokens?: number;
   /** The llama.cpp binary: false (default) is the CPU build; a GPU kind needs its prebuilt package installed (README). */
   gpu?: LlamaGpu;
+  /**
+   * Sequences that keep their tokens after a prefill, so a later prompt with the same start
+   * evaluates only the rest (the prefix cache); default 0 (none). They hold their slots, so at
+   * most `sequencesMax - 1`; not with `keepPrefilled`, whose prefills stay for decoding.
+   */
+  prefixCacheSequencesMax?: number;
+  /** Tokens per prefix-cache block, as KV events and the router count them; default 16 (`defaultBlockTokens`). */
+  prefixBlockTokens?: number;
+  /** Receives the prefix cache's changes (full blocks stored or removed), for KV-aware routing. */
+  onKvEvent?: (event: EngineKvEvent) => void;
+}
+
+/** Counters of what a LlamaEngine's prefills have done, for tests and reports. */
+export interface LlamaEngineStats {
+  /** Prefills completed. */
+  prefills: number;
+  /** Prompt tokens of completed prefills. */
+  promptTokens: number;
+  /** Of those, tokens the prefix cache covered (not evaluated). */
+  cachedTokens: number;
+  /** Cached tokens of the latest completed prefill. */
+  lastCachedTokens: number;
+  /** Tokens llama.cpp evaluated for completed prefills, by its own sequences' token meters. */
+  evaluatedTokens: number;
+  /** Sequences the prefix cache holds. */
+  prefixCacheSequences: number;
+  /** Full blocks the prefix cache holds. */
+  prefixCacheBlocks: number;
 }
 
 /** A sequence decoding in a llama.cpp context. */
@@ -53,13 +83,15 @@ class LlamaSequence implements DecodeSequence {
 }
 
 let engineCount = 0;
-const defaultSequences = 8;
+/** Sequences of an engine's context when `sequencesMax` is not given. */
+export const defaultSequences = 8;
 
 /**
  * An engine on llama.cpp (node-llama-cpp, CPU build). Prefill evaluates the prompt in a sequence
- * of the engine's context, samples the first token, and hands out the sequence's KV state as
- * bytes; decode loads such bytes into a sequence of its own context and decodes every sequence
- * of a step in one llama.cpp batch.
+ * of the engine's context (with `prefixCacheSequencesMax`, continuing a kept sequence that starts
+ * like the prompt), samples the first token, and hands out the sequence's KV state as bytes;
+ * decode loads such bytes into a sequence of its own context and decodes every sequence of a
+ * step in one llama.cpp batch.
  */
 export class LlamaEngine implements Engine {
   readonly model: ModelInfo;
@@ -69,6 +101,14 @@ export class LlamaEngine implements Engine {
   /** Sequences kept in place by prefill (keepPrefilled), keyed by the marker prefill returned as `kv`. */
   private readonly kept = new WeakMap<Uint8Array, { native: LlamaContextSequence; tokens: number }>();
   private readonly live = new Set<LlamaSequence>();
+  private readonly prefillCache: PrefillCache | undefined;
+  private readonly counters: Omit<LlamaEngineStats, 'prefixCacheSequences' | 'prefixCacheBlocks'> = {
+    prefills: 0,
+    promptTokens: 0,
+    cachedTokens: 0,
+    lastCachedTokens: 0,
+    evaluatedTokens: 0,
+  };
   private closed = false;
 
   private constructor(
@@ -92,11 +132,28 @@ export class LlamaEngine implements Engine {
       contextTokensMax,
       eosToken: eos ?? -1,
     };
+    const cacheSequences = options.prefixCacheSequencesMax ?? 0;
+    if (slots && cacheSequences > 0) {
+      this.prefillCache = new PrefillCache(slots, cacheSequences, options.prefixBlockTokens ?? defaultBlockTokens, options.onKvEvent);
+    }
+  }
+
+  /** Refuses prefix-cache options the context cannot honour, before any context is made. */
+  private static checkPrefixCache(options: LlamaEngineOptions): void {
+    const sequences = options.sequencesMax ?? defaultSequences;
+    const cacheSequences = options.prefixCacheSequencesMax ?? 0;
+    if (!Number.isInteger(cacheSequences) || cacheSequences < 0 || cacheSequences > sequences - 1) {
+      throw new TandemError(ErrorCode.BadRequest, `llama engine: prefixCacheSequencesMax ${cacheSequences} must be an integer from 0 to below sequencesMax (${sequences})`);
+    }
+    if (cacheSequences > 0 && options.keepPrefilled) throw new TandemError(ErrorCode.BadRequest, 'llama engine: prefixCacheSequencesMax needs keepPrefilled off');
+    const blockTokens = options.prefixBlockTokens ?? defaultBlockTokens;
+    if (!Number.isInteger(blockTokens) || blockTokens < 1) throw new TandemError(ErrorCode.BadRequest, `llama engine: prefixBlockTokens ${blockTokens} is not a positive integer`);
   }
 
   /** Loads the model (once per process) and, unless `vocabOnly`, creates the engine's context. */
   static async load(options: LlamaEngineOptions): Promise<LlamaEngine> {
     const vocabOnly = options.vocabOnly ?? false;
+    if (!vocabOnly) LlamaEngine.checkPrefixCache(options);
     const { model, facts } = await loadLlamaModel(options.modelPath, vocabOnly, options.gpu ?? false);
     const contextTokensMax = options.contextTokensMax ?? Math.min(facts.trainContextTokens, 2048);
     if (vocabOnly) return new LlamaEngine(model, facts, undefined, undefined, options, contextTokensMax);
@@ -108,6 +165,16 @@ export class LlamaEngine implements Engine {
       ...(options.threads !== undefined ? { threads: options.threads } : {}),
     });
     return new LlamaEngine(model, facts, context, new SequenceSlots(context, sequences), options, context.contextSize);
+  }
+
+  /** What the engine's prefills have done so far. */
+  stats(): LlamaEngineStats {
+    return { ...this.counters, prefixCacheSequences: this.prefillCache?.sequenceCount ?? 0, prefixCacheBlocks: this.prefillCache?.blockCount ?? 0 };
+  }
+
+  /** The prefix cache's blocks now and the seq of the last KV event they include, for a router's resync. */
+  kvSnapshot(): { seq: number; blocks: BlockHash[] } {
+    return this.prefillCache?.snapshot() ?? { seq: -1, blocks: [] };
   }
 
   /** Sequences of the context free now (0 for a vocabulary-only engine). */
@@ -140,23 +207,47 @@ export class LlamaEngine implements Engine {
   async prefill(tokens: readonly number[], sampling: SamplingParams, signal?: AbortSignal): Promise<PrefillResult> {
     const slots = this.inferenceSlots();
     this.checkPrompt(tokens);
-    const native = await slots.acquire(signal);
+    const lease: PrefillLease = this.prefillCache
+      ? await this.prefillCache.acquire(tokens, signal)
+      : { native: await slots.acquire(signal), cachedTokens: 0, entry: undefined };
+    const { native, cachedTokens } = lease;
     let keep = false;
     try {
       signal?.throwIfAborted();
-      const items = tokens.map((token, i) => (i === tokens.length - 1 ? evaluateItem(token, sampling) : (token as Token)));
+      // llama.cpp's meter counts an evaluated token that yields logits as output, the rest as input.
+      const metered = (): number => native.tokenMeter.usedInputTokens + native.tokenMeter.usedOutputTokens;
+      const meteredBefore = metered();
+      const rest = tokens.slice(cachedTokens);
+      const items = rest.map((token, i) => (i === rest.length - 1 ? evaluateItem(token, sampling) : (token as Token)));
       const outputs = await native.controlledEvaluate(items);
       signal?.throwIfAborted();
-      const firstToken = pickToken(outputs[tokens.length - 1], sampling, tokens.length);
+      const firstToken = pickToken(outputs[rest.length - 1], sampling, tokens.length);
+      // The state saved (and the stamp's token count) must be the prompt's, whatever was cached.
+      assert(native.nextTokenIndex === tokens.length, 'a prefilled sequence holds exactly its prompt');
+      const evaluatedTokens = metered() - meteredBefore;
+      let kv: Uint8Array;
       if (this.options.keepPrefilled) {
-        const marker = new Uint8Array(0);
-        this.kept.set(marker, { native, tokens: tokens.length });
+        kv = new Uint8Array(0);
+        this.kept.set(kv, { native, tokens: tokens.length });
         keep = true;
-        return { firstToken, kv: marker };
+      } else {
+        kv = await this.states.save(native);
       }
-      return { firstToken, kv: await this.states.save(native) };
+      this.counters.prefills++;
+      this.counters.promptTokens += tokens.length;
+      this.counters.cachedTokens += cachedTokens;
+      this.counters.lastCachedTokens = cachedTokens;
+      this.counters.evaluatedTokens += evaluatedTokens;
+      return { firstToken, kv };
     } finally {
-      if (!keep) slots.release(native);
+      if (keep) {
+        // keepPrefilled never caches: the sequence goes on to decode.
+        assert(lease.entry === undefined, 'a kept prefill is not a cached sequence');
+      } else if (this.prefillCache) {
+        this.prefillCache.release(lease);
+      } else {
+        slots.release(native);
+      }
     }
   }
 
