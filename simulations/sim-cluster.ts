@@ -224,6 +224,7 @@ export class SimCluster {
       },
       connect: (peer, writer) => simFabric.connect(peer, writer),
       onPeerClosed: (fn) => simFabric.onPeerClosed(fn),
+      isConnected: (writer) => simFabric.isConnected(writer),
       close: () => simFabric.close(),
     };
     const common = {

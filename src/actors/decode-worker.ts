@@ -95,7 +95,16 @@ export class DecodeWorker {
       return request;
     };
     this.machines = { disaggregated: disaggregatedLogic(requestOf), local: localLogic(requestOf) };
-    this.fence = new RoomFence({ transport: options.transport, clock: options.clock, log: options.log, deadlines: options.deadlines });
+    this.fence = new RoomFence({
+      transport: options.transport,
+      clock: options.clock,
+      log: options.log,
+      deadlines: options.deadlines,
+      // Every fabric checks page ownership on the receiver, so a writer that is neither connected
+      // nor alive cannot land anything in pages freed now; one that connects later is refused.
+      writerMayWrite: (writer) =>
+        options.fabric.isConnected(writer) || options.discovery.list('prefill').some((r) => r.instanceId === writer.instanceId && r.epoch === writer.epoch),
+    });
   }
 
   get instanceId(): string {

@@ -30,7 +30,21 @@ export class RoomFence {
   private pool: PagePool | undefined;
   private readonly fenced = new Map<string, Fenced>();
 
-  constructor(private readonly deps: { transport: Transport; clock: Clock; log: Logger; deadlines: Deadlines }) {}
+  constructor(
+    private readonly deps: {
+      transport: Transport;
+      clock: Clock;
+      log: Logger;
+      deadlines: Deadlines;
+      /**
+       * Whether a writer could still land a write: it is connected to this worker's fabric, or it
+       * is alive (in discovery) and may connect. One that is neither, for example a prefill
+       * worker that died before it ever connected, never acknowledges and never closes a
+       * connection; its fenced pages are released on the next retry instead. Default: always.
+       */
+      writerMayWrite?: (writer: WriterIdentity) => boolean;
+    },
+  ) {}
 
   attach(pool: PagePool): void {
     this.pool = pool;
@@ -80,6 +94,11 @@ export class RoomFence {
     // Ask until the prefill side answers or its connection closes: giving up would leave the
     // pages quarantined for good, and a partition or a slow drain can outlast any fixed budget.
     for (let attempt = 1; !entry.controller.signal.aborted; attempt++) {
+      if (this.deps.writerMayWrite?.({ instanceId: entry.grant.prefillId, epoch: entry.grant.epoch }) === false) {
+        // Its connection is gone (or never was) and it has left discovery: nothing of it can land.
+        this.unfence(owner, 'the writer left discovery without a fabric connection');
+        return;
+      }
       try {
         await this.ask(entry.grant, entry.requestId, 'aborted', entry.controller.signal, entry.traceparent);
         this.unfence(owner, 'abort acknowledged');

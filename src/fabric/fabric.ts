@@ -102,6 +102,8 @@ export interface Fabric {
   connect(peer: RegionDescriptor, writer: WriterIdentity): Promise<FabricConnection>;
   /** Calls `fn` when a writer's connection to one of this fabric's regions closes. Returns an unsubscribe. */
   onPeerClosed(fn: (writer: WriterIdentity) => void): () => void;
+  /** Whether `writer` has a connection open to one of this fabric's regions now. */
+  isConnected(writer: WriterIdentity): boolean;
   /** Closes every region and connection. */
   close(): Promise<void>;
 }

@@ -38,6 +38,11 @@ export class WriterPresence {
     else notify();
   }
 
+  /** Whether `writer` has a connection open now. */
+  isConnected(writer: WriterIdentity): boolean {
+    return this.connections.has(writerKey(writer));
+  }
+
   /** Calls `fn` when a writer's last connection closes; returns an unsubscribe. */
   onPeerClosed(fn: (writer: WriterIdentity) => void): () => void {
     const listener = (writer: WriterIdentity): void => fn(writer);

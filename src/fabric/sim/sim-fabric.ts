@@ -192,6 +192,10 @@ export class SimFabric implements Fabric {
     return this.writers.onPeerClosed(fn);
   }
 
+  isConnected(writer: WriterIdentity): boolean {
+    return this.writers.isConnected(writer);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
