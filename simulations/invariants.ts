@@ -135,23 +135,28 @@ export class InvariantChecker {
   };
 
   /** A chunk the client's generate() is about to read. */
-  clientChunk(record: RequestRecord, chunk: Uint8Array, streamBase = 0): void {
+  clientChunk(record: RequestRecord, chunk: Uint8Array, stream: { base: number; ordinal: number } = { base: 0, ordinal: 0 }): void {
     const message = safeUnpack(chunk) as { t?: string; index?: number; tokens?: number[] } | undefined;
-    if (message?.t !== 'tokens' || record.refusedChunk !== undefined) return;
-    // Indices restart at 0 on a migrated request's new stream, which began after `streamBase` tokens.
-    const expected = record.tokens.length - streamBase;
-    if (message.index !== expected) {
-      // generate() refuses it and fails the request; what it accepted stays a clean prefix.
-      record.refusedChunk = `a chunk at index ${message.index} when ${expected} was expected`;
+    if (message?.t !== 'tokens' || record.refusedStream === stream.ordinal) return;
+    // Indices restart at 0 on a migrated request's new stream, which began after `base` tokens.
+    const expected = record.tokens.length - stream.base;
+    const index = message.index ?? 0;
+    if (index > expected) {
+      // generate() gives up on that stream (tokens were lost) and may migrate; what it accepted stays a clean prefix.
+      record.refusedChunk = `a chunk at index ${index} when ${expected} was expected`;
+      record.refusedStream = stream.ordinal;
       note(record, this.clock.now(), `client refused ${record.refusedChunk}`);
       return;
     }
-    for (const token of message.tokens ?? []) {
+    // A duplicated chunk adds only what was not received yet, as generate() does.
+    const fresh = (message.tokens ?? []).slice(expected - index);
+    for (const token of fresh) {
       record.tokens.push(token);
       record.tokenTimesMs.push(this.clock.now());
     }
-    this.trace.add('tok', this.clock.now(), record.spec.requestId, message.index, ...(message.tokens ?? []));
+    this.trace.add('tok', this.clock.now(), record.spec.requestId, index, ...(message.tokens ?? []));
   }
+
 
   /** The client's generate() finished or threw. */
   clientOutcome(record: RequestRecord, outcome: ClientOutcome): void {

@@ -38,6 +38,8 @@ export interface RequestRecord {
   tokenTimesMs: number[];
   /** The first chunk the client refused (a gap, a duplicate or an inversion), described. */
   refusedChunk: string | undefined;
+  /** The stream (0 for the first, +1 per migration) whose chunk was refused; later chunks of it are ignored. */
+  refusedStream: number | undefined;
   /** Text the frontend's generate() yielded. */
   text: string;
   outcome: ClientOutcome | undefined;
@@ -60,6 +62,7 @@ export function newRequestRecord(spec: RequestSpec): RequestRecord {
     tokens: [],
     tokenTimesMs: [],
     refusedChunk: undefined,
+    refusedStream: undefined,
     text: '',
     outcome: undefined,
     sessions: [],

@@ -207,7 +207,7 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
     const transport = recordingTransport(
       cluster.clientTransport,
       () => record.tokens.length,
-      (chunk, base) => checker.clientChunk(record, chunk, base),
+      (chunk, stream) => checker.clientChunk(record, chunk, stream),
     );
     let outcome: Omit<ClientOutcome, 'atMs'> | undefined;
     try {
@@ -370,7 +370,8 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
 }
 
 /** The client's transport, recording each chunk generate() reads before it reads it. */
-function recordingTransport(inner: Transport, tokensSoFar: () => number, onChunk: (chunk: Uint8Array, streamBase: number) => void): Transport {
+function recordingTransport(inner: Transport, tokensSoFar: () => number, onChunk: (chunk: Uint8Array, stream: { base: number; ordinal: number }) => void): Transport {
+  let streams = 0;
   return {
     request: (subject, data, options) => inner.request(subject, data, options),
     publish: (subject, data) => inner.publish(subject, data),
@@ -378,7 +379,7 @@ function recordingTransport(inner: Transport, tokensSoFar: () => number, onChunk
     close: () => inner.close(),
     stream: (subject, data, options): ReplyStream => {
       // A migrated request's new stream counts its tokens from 0 again, after those already received.
-      const base = tokensSoFar();
+      const opened = { base: tokensSoFar(), ordinal: streams++ };
       const stream = inner.stream(subject, data, options);
       return {
         cancel: () => stream.cancel(),
@@ -387,7 +388,7 @@ function recordingTransport(inner: Transport, tokensSoFar: () => number, onChunk
           return {
             next: async () => {
               const result = await iterator.next();
-              if (!result.done) onChunk(result.value, base);
+              if (!result.done) onChunk(result.value, opened);
               return result;
             },
             return: async () => (iterator.return ? iterator.return() : { done: true, value: undefined }),

@@ -47,3 +47,28 @@ describe('request migration in the simulator', () => {
     expect(withMigration.observed['client migrated a request']).toBeGreaterThanOrEqual(failedWithout);
   });
 });
+
+describe('broken streams in the simulator', () => {
+  it('recovers requests whose token chunks were lost or duplicated by migrating from the last good token', async () => {
+    const run = (migrationsMax: number) =>
+      runSimulation(
+        buildScenario({
+          name: `stream-faults-${migrationsMax}`,
+          seed: 7,
+          cluster: { migrationsMax },
+          workload: { requests: 250 },
+          faults: faultPlanFromPresets('network,stream'),
+          probes: 8,
+        }),
+      );
+    const without = await run(0);
+    const withMigration = await run(2);
+    const done = (result: typeof without) => statuses(result.records).done ?? 0;
+    console.log(`lost and duplicated chunks: done ${done(without)} without migration, ${done(withMigration)} with (${withMigration.observed['client migrated a request']} migrations)`);
+    expect(without.violations).toEqual([]);
+    expect(withMigration.violations).toEqual([]);
+    expect(withMigration.faults['chunk.dropped']).toBeGreaterThan(0);
+    expect(withMigration.faults['chunk.duplicated']).toBeGreaterThan(0);
+    expect(done(withMigration)).toBeGreaterThan(done(without));
+  });
+});

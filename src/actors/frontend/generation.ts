@@ -45,8 +45,8 @@ export interface GenerationDeps {
  * Sends a request to its decode worker and yields its text as it streams back, then how it
  * finished. Stopping the iteration early cancels the request on the decode worker.
  *
- * When the decode worker dies mid-stream (the stream closes, goes silent, or the worker reports
- * that it is stopping), the request is re-sent to another decode worker with the tokens received
+ * When the decode worker dies mid-stream (the stream closes, goes silent, loses a chunk, or the
+ * worker reports that it is stopping), the request is re-sent to another decode worker with the tokens received
  * so far appended to the prompt and `max_tokens` reduced by as many, up to `migrationsMax` times.
  * The detokenizer and stop matcher carry on across workers, so the caller sees one stream.
  */
@@ -75,6 +75,8 @@ export async function* generate(deps: GenerationDeps, plan: GenerationPlan, sign
       decode: plan.decode.filter((worker) => !failedWorkers.has(worker.instanceId)),
     };
     const { worker, stream, chunks, first } = await openFirstResponding(deps, attempt, encodeGenerate(attempt), signal);
+    // Set when chunks went missing on the way: the worker is fine, only this stream is broken.
+    let lostChunks = false;
     try {
       for (let next = first; !next.done; next = await chunks.next()) {
         const message = decode(next.value, 'tokens', 'finish', 'error');
@@ -83,6 +85,7 @@ export async function* generate(deps: GenerationDeps, plan: GenerationPlan, sign
         if (message.t === 'finish') {
           // A chunk lost on the way (a transport that dropped a message) must not pass as a shorter success.
           if (message.completion_tokens !== received) {
+            lostChunks = true;
             throw new TandemError(ErrorCode.Closed, `the decode worker sent ${message.completion_tokens} tokens but ${received} arrived`);
           }
           const text = stop.push(detokenizer.flush()) + stop.flush();
@@ -90,11 +93,17 @@ export async function* generate(deps: GenerationDeps, plan: GenerationPlan, sign
           yield { type: 'finish', finishReason: message.finish_reason, promptTokens: plan.promptTokens.length, completionTokens: generated.length };
           return;
         }
-        if (message.index !== received) {
-          throw new TandemError(ErrorCode.Internal, `token ${message.index} arrived when ${received} was expected`);
+        if (message.index > received) {
+          // A chunk went missing on the way: this stream cannot go on, but every token so far is
+          // good, so it counts as a broken stream and the request can migrate from there.
+          lostChunks = true;
+          throw new TandemError(ErrorCode.Closed, `the stream lost tokens: a chunk at ${message.index} arrived when ${received} was expected`);
         }
-        generated.push(...message.tokens);
-        const text = stop.push(detokenizer.push(message.tokens));
+        // A chunk delivered twice (or overlapping what arrived) adds only the tokens not seen yet.
+        const fresh = message.tokens.slice(received - message.index);
+        if (fresh.length === 0) continue;
+        generated.push(...fresh);
+        const text = stop.push(detokenizer.push(fresh));
         if (text) yield { type: 'text', text };
         if (stop.done) {
           yield { type: 'finish', finishReason: 'stop', promptTokens: plan.promptTokens.length, completionTokens: generated.length };
@@ -105,7 +114,8 @@ export async function* generate(deps: GenerationDeps, plan: GenerationPlan, sign
     } catch (error) {
       const cause = TandemError.from(error);
       if (signal?.aborted || !workerDied(cause)) throw error;
-      failedWorkers.add(worker.instanceId);
+      // A dead worker is not tried again; one whose stream merely lost chunks may be.
+      if (!lostChunks) failedWorkers.add(worker.instanceId);
       const others = plan.decode.some((w) => !failedWorkers.has(w.instanceId));
       if (migrations >= migrationsMax || !others) {
         const why = migrationsMax === 0 ? 'migration is disabled (migrationsMax 0)' : others ? `it was already migrated ${migrations} times (migrationsMax ${migrationsMax})` : 'no other decode worker is left';
