@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { waitFor } from './helpers/deferred.js';
 import { Router } from '../src/actors/router.js';
 import type { Discovery, WorkerRecord } from '../src/discovery/discovery.js';
 import { MemoryDiscovery } from '../src/discovery/memory/memory-discovery.js';
@@ -138,5 +139,31 @@ describe('KV-aware routing on an embedded cluster', () => {
     const kvAware = await cachedTokens('kv-aware', prompts);
     console.log(`cached prompt tokens: round-robin ${roundRobin}, kv-aware ${kvAware}`);
     expect(kvAware).toBeGreaterThan(roundRobin);
+  });
+});
+
+describe('KvRouterFeed over a transport', () => {
+  it('indexes only prefill workers discovery lists, in the listed incarnation', async () => {
+    const { MemoryTransport } = await import('../src/transport/memory/memory-transport.js');
+    const { kvEventsSubject } = await import('../src/protocol/subjects.js');
+    const transport = new MemoryTransport({ clock: realClock });
+    const discovery = new MemoryDiscovery({ clock: realClock });
+    await discovery.register({ instanceId: 'p0', role: 'prefill', model: 'm', epoch: 4, subjectPrefix: 'tandem.prefill.p0' });
+    const feed = new KvRouterFeed({ transport, discovery, random: seededRandom(1), log: silentLogger });
+    feed.start();
+    const hashes = blockHashes(prompt(3, 3), blockTokens);
+    const publish = (worker: string, epoch: number, seq: number) =>
+      transport.publish(kvEventsSubject, encode('kv_events', { worker, epoch, seq, kind: 'stored', blocks: hashes.slice(0, 2) }));
+    publish('forged', 1, 0);
+    publish('p0', 99, 0);
+    publish('p0', 3, 0);
+    await waitFor(() => feed.ignoredEvents === 3, 2000, 'three ignored events');
+    expect(feed.indexer.stats()).toMatchObject({ workers: 0, entries: 0 });
+    publish('p0', 4, 0);
+    await waitFor(() => feed.indexer.blocksOf('p0').length === 2, 2000, 'the listed worker indexed');
+    expect(feed.indexer.blocksOf('p0')).toEqual(hashes.slice(0, 2));
+    expect(feed.ignoredEvents).toBe(3);
+    feed.stop();
+    await transport.close();
   });
 });

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { waitFor } from './helpers/deferred.js';
 import { Router } from '../src/actors/router.js';
 import { MemoryDiscovery } from '../src/discovery/memory/memory-discovery.js';
 import type { SimEngine } from '../src/engine/sim/sim-engine.js';
@@ -178,7 +179,8 @@ describe('conditional disaggregation on an embedded cluster', () => {
     });
     const prompt = 'x'.repeat(64);
     const first = complete(c, prompt);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The second request is routed while the first one's prefill is running (its room is open).
+    await waitFor(() => c.stats().prefill[0]!.rooms === 1, 5000, 'the first prefill to start');
     const second = complete(c, `${prompt}y`);
     await Promise.all([first, second]);
     expect(c.frontend!.prefillPlacements).toEqual({ remote: 1, local: 1 });

@@ -1,5 +1,6 @@
 import type { Discovery, WorkerRecord, WorkerRole } from '../discovery/discovery.js';
 import { defaultBlockTokens } from '../kv/prefix-hash.js';
+import { assert } from '../util/assert.js';
 import type { Random } from '../random/random.js';
 import type { KvSelectionOptions } from '../routing/kv-aware-selection.js';
 import type { KvPrefillRanker } from '../routing/kv-router-feed.js';
@@ -55,8 +56,8 @@ export class Router {
     this.options = 'rank' in options ? { kv: options } : options;
     this.mode = this.options.mode ?? (this.options.kv ? 'kv-aware' : 'round-robin');
     this.blockTokens = this.options.blockTokens ?? defaultBlockTokens;
-    if (this.mode === 'kv-aware' && !this.options.kv) throw new Error("routing 'kv-aware' needs a KV ranker");
-    if (this.mode === 'random' && !this.options.random) throw new Error("routing 'random' needs a seeded random source");
+    assert(this.mode !== 'kv-aware' || this.options.kv !== undefined, "routing 'kv-aware' needs a KV ranker");
+    assert(this.mode !== 'random' || this.options.random !== undefined, "routing 'random' needs a seeded random source");
   }
 
   /** Workers of a role that serve the model, in registration order. */

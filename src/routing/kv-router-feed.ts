@@ -59,6 +59,8 @@ export class KvRouterFeed implements KvPrefillRanker {
   private readonly blockTokens: number;
   private readonly resyncing = new Set<string>();
   private subscription: Subscription | undefined;
+  /** KV events dropped because discovery does not list their worker in that incarnation. */
+  ignoredEvents = 0;
   private unwatch: (() => void) | undefined;
 
   constructor(private readonly options: KvRouterFeedOptions) {
@@ -71,6 +73,14 @@ export class KvRouterFeed implements KvPrefillRanker {
     this.subscription = this.options.transport.subscribe(kvEventsSubject, (message) => {
       try {
         const body = decode(message.data, 'kv_events');
+        // Only a prefill worker discovery lists, in the incarnation it lists, is indexed: events of
+        // unknown workers (forged, or too early: a later gap resyncs them) would fill the index,
+        // and an epoch that is not the listed one is a late or forged one.
+        const record = this.listed(body.worker);
+        if (record === undefined || (body.epoch !== undefined && body.epoch !== record.epoch)) {
+          this.ignoredEvents++;
+          return;
+        }
         this.apply({ worker: body.worker, ...(body.epoch !== undefined ? { epoch: body.epoch } : {}), seq: body.seq, kind: body.kind, blocks: body.blocks.map((hash) => ({ hash })) });
       } catch (error) {
         this.options.log.warn('dropped a malformed KV event', { error: String(error) });
@@ -109,9 +119,14 @@ export class KvRouterFeed implements KvPrefillRanker {
     return { workers: ranked, cachedTokens: cachedBlocks * this.blockTokens };
   }
 
+  /** The discovery record of prefill worker `worker`, if it is listed. */
+  private listed(worker: string): WorkerRecord | undefined {
+    return this.options.discovery.list('prefill').find((record) => record.instanceId === worker);
+  }
+
   private resync(worker: string): void {
     if (this.resyncing.has(worker)) return;
-    const record = this.options.discovery.list('prefill').find((r) => r.instanceId === worker);
+    const record = this.listed(worker);
     if (record === undefined) return;
     this.resyncing.add(worker);
     const timeoutMs = this.options.resyncTimeoutMs ?? 2000;
@@ -119,6 +134,9 @@ export class KvRouterFeed implements KvPrefillRanker {
       .request(subjects.kvBlocks(record.subjectPrefix), encode('kv_blocks_request', {}), { timeoutMs })
       .then((data) => {
         const reply = decode(data, 'kv_blocks_reply');
+        if (reply.worker !== record.instanceId || (reply.epoch !== undefined && reply.epoch !== record.epoch)) {
+          throw new Error(`the reply is from ${reply.worker} epoch ${reply.epoch}, not ${record.instanceId} epoch ${record.epoch}`);
+        }
         this.indexer.resync(reply.worker, reply.blocks, reply.seq, reply.epoch);
       })
       .catch((error: unknown) => {
