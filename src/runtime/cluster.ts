@@ -132,145 +132,167 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
 
   const backends = await (config.backends ?? memoryBackends)({ config, clock, log, limits });
   const { transport, discovery } = backends;
-  const engineFactory = config.engineFactory ?? (config.llama ? llamaEngineFactory(config.llama, mode) : undefined);
+  // What a start that fails half-way (a model that does not load, a port in use) must undo, newest first.
   const engines: Engine[] = [];
-  const engine = async (role: 'frontend' | 'prefill' | 'decode', onKvEvent?: (event: EngineKvEvent) => void): Promise<Engine> => {
-    // Loading a real model takes a while; say what is happening, once per role.
-    if (config.llama) log.info('loading model', { role, path: config.llama.modelPath, weights: role === 'frontend' ? 'vocabulary only' : 'all' });
-    const made = engineFactory
-      ? await engineFactory(role, onKvEvent ? { onKvEvent } : {})
-      : new SimEngine({ ...config.engine, clock, ...(onKvEvent ? { onKvEvent } : {}) });
-    if (config.llama) {
-      const { name, identity, kvLayout, kvBytesPerToken, contextTokensMax } = made.model;
-      log.info('model ready', { role, name, identity, kv_layout: kvLayout, kv_bytes_per_token: kvBytesPerToken, context_tokens_max: contextTokensMax });
-    }
-    engines.push(made);
-    return made;
+  const closeEngines = async (): Promise<void> => {
+    for (const made of engines) await made.close();
   };
-  const kvAware = config.routing === 'kv-aware';
-  const epoch = config.epoch ?? 1;
-  const ids = random.split('instance-ids');
-  const tag = config.instanceTag ? `${config.instanceTag}-` : '';
-  const metrics = new TandemMetrics();
-  const stateTimer = requestStateInspector(metrics, clock);
-  const traceFile = config.trace?.file ? new TraceFileWriter(config.trace.file, log) : undefined;
-  const inspection = new InspectionRecorder({ clock, ringMax: config.trace?.ringMax, sink: traceFile && ((record) => traceFile.write(record)) });
+  const undo: Array<() => unknown> = [() => backends.close(), closeEngines];
+  try {
+    const engineFactory = config.engineFactory ?? (config.llama ? llamaEngineFactory(config.llama, mode) : undefined);
+    const engine = async (role: 'frontend' | 'prefill' | 'decode', onKvEvent?: (event: EngineKvEvent) => void): Promise<Engine> => {
+      // Loading a real model takes a while; say what is happening, once per role.
+      if (config.llama) log.info('loading model', { role, path: config.llama.modelPath, weights: role === 'frontend' ? 'vocabulary only' : 'all' });
+      const made = engineFactory
+        ? await engineFactory(role, onKvEvent ? { onKvEvent } : {})
+        : new SimEngine({ ...config.engine, clock, ...(onKvEvent ? { onKvEvent } : {}) });
+      if (config.llama) {
+        const { name, identity, kvLayout, kvBytesPerToken, contextTokensMax } = made.model;
+        log.info('model ready', { role, name, identity, kv_layout: kvLayout, kv_bytes_per_token: kvBytesPerToken, context_tokens_max: contextTokensMax });
+      }
+      engines.push(made);
+      return made;
+    };
+    const kvAware = config.routing === 'kv-aware';
+    const epoch = config.epoch ?? 1;
+    const ids = random.split('instance-ids');
+    const tag = config.instanceTag ? `${config.instanceTag}-` : '';
+    const metrics = new TandemMetrics();
+    const stateTimer = requestStateInspector(metrics, clock);
+    const traceFile = config.trace?.file ? new TraceFileWriter(config.trace.file, log) : undefined;
+    if (traceFile) undo.push(() => traceFile.close());
+    const inspection = new InspectionRecorder({ clock, ringMax: config.trace?.ringMax, sink: traceFile && ((record) => traceFile.write(record)) });
 
-  const prefill: PrefillWorker[] = [];
-  for (let i = 0; i < prefillCount; i++) {
-    const instanceId = `prefill-${tag}${i}-${ids.id(6)}`;
-    // The engine reports cache changes before the worker exists, so the hook is bound late.
-    const worker: PrefillWorker = new PrefillWorker({
-        instanceId,
-        epoch,
-        transport,
-        discovery,
-        fabric: await backends.fabric(instanceId),
-        engine: await engine('prefill', kvAware ? (event) => worker.publishKvEvent(event) : undefined),
-        clock,
-        random: random.split(instanceId),
-        log: log.child({ worker: instanceId }),
-        limits,
-        deadlines,
-        inspect: inspection.forWorker(instanceId),
-        metrics,
-      });
-    prefill.push(worker);
-  }
-  const kvFeed = kvAware
-    ? new KvRouterFeed({
-        transport,
-        discovery,
-        random: random.split('kv-router'),
-        log: log.child({ actor: 'kv-router' }),
-        ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
-        selection: { overlapWeight: config.overlapWeight ?? 1, temperature: config.routerTemperature ?? 0 },
-      })
-    : undefined;
-  kvFeed?.start();
-  const requestTracer = config.otel ? new RequestTracer({ exporter: config.otel.exporter, clock }) : undefined;
-  const decode: DecodeWorker[] = [];
-  for (let i = 0; i < decodeCount; i++) {
-    const instanceId = `decode-${tag}${i}-${ids.id(6)}`;
-    decode.push(
-      new DecodeWorker({
-        instanceId,
-        epoch,
-        transport,
-        discovery,
-        fabric: await backends.fabric(instanceId),
-        engine: await engine('decode'),
-        clock,
-        log: log.child({ worker: instanceId }),
-        pageBytes,
-        pageCount,
-        limits,
-        deadlines,
-        prefillLocally: mode === 'aggregated',
-        inspect: composeInspectors(inspection.forWorker(instanceId), stateTimer),
-        metrics,
-        ...(requestTracer ? { requestTracer } : {}),
-      }),
-    );
-  }
-  const frontend =
-    config.frontend === false
-      ? undefined
-      : new Frontend({
+    const prefill: PrefillWorker[] = [];
+    for (let i = 0; i < prefillCount; i++) {
+      const instanceId = `prefill-${tag}${i}-${ids.id(6)}`;
+      // The engine reports cache changes before the worker exists, so the hook is bound late.
+      const worker: PrefillWorker = new PrefillWorker({
+          instanceId,
+          epoch,
           transport,
           discovery,
-          engine: await engine('frontend'),
+          fabric: await backends.fabric(instanceId),
+          engine: await engine('prefill', kvAware ? (event) => worker.publishKvEvent(event) : undefined),
           clock,
-          random: random.split('frontend'),
-          log: log.child({ actor: 'frontend' }),
+          random: random.split(instanceId),
+          log: log.child({ worker: instanceId }),
           limits,
-          host: config.host ?? '127.0.0.1',
-          port: config.port ?? 8080,
-          streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
-          ...(config.migrationsMax !== undefined ? { migrationsMax: config.migrationsMax } : {}),
-          ...(kvFeed ? { kvFeed } : {}),
-          routing: config.routing ?? 'round-robin',
-          ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
-          ...(config.conditionalDisaggregation ? { conditionalDisaggregation: config.conditionalDisaggregation } : {}),
+          deadlines,
+          inspect: inspection.forWorker(instanceId),
           metrics,
-          traceRandom: random.split('traceparent'),
-          inspection,
         });
-
-  for (const worker of [...prefill, ...decode]) await worker.start();
-  for (const worker of prefill) metrics.addPrefillWorker(worker);
-  for (const worker of decode) metrics.addDecodeWorker(worker);
-  if (frontend) metrics.addFrontend(frontend);
-  const unwatchDeaths = discovery.watch((event) => {
-    if (event.type === 'removed') metrics.recordWorkerDeath(event.record.role);
-  });
-  await frontend?.start();
-  log.info('ready', { mode, frontend: frontend?.url ?? 'none', prefill: prefill.length, decode: decode.length, transport: backends.name, seed });
-
-  const shutdown = async (drainMs: number | undefined): Promise<void> => {
-    unwatchDeaths();
-    kvFeed?.stop();
-    if (drainMs === undefined) await frontend?.stop();
-    else await frontend?.drain(drainMs);
-    for (const worker of [...decode, ...prefill]) {
-      if (drainMs === undefined) await worker.stop();
-      else await worker.drain(drainMs);
+      prefill.push(worker);
     }
-    await backends.close();
-    for (const made of engines) await made.close();
-    await traceFile?.close();
-    await requestTracer?.shutdown();
-  };
-  return {
-    url: frontend?.url ?? '',
-    frontend,
-    prefill,
-    decode,
-    inspection,
-    metrics,
-    kvFeed,
-    stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend?.inFlightRequests ?? 0 }),
-    close: () => shutdown(undefined),
-    drain: (timeoutMs) => shutdown(timeoutMs),
-  };
+    const kvFeed = kvAware
+      ? new KvRouterFeed({
+          transport,
+          discovery,
+          random: random.split('kv-router'),
+          log: log.child({ actor: 'kv-router' }),
+          ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
+          selection: { overlapWeight: config.overlapWeight ?? 1, temperature: config.routerTemperature ?? 0 },
+        })
+      : undefined;
+    kvFeed?.start();
+    if (kvFeed) undo.push(() => kvFeed.stop());
+    const requestTracer = config.otel ? new RequestTracer({ exporter: config.otel.exporter, clock }) : undefined;
+    if (requestTracer) undo.push(() => requestTracer.shutdown());
+    const decode: DecodeWorker[] = [];
+    for (let i = 0; i < decodeCount; i++) {
+      const instanceId = `decode-${tag}${i}-${ids.id(6)}`;
+      decode.push(
+        new DecodeWorker({
+          instanceId,
+          epoch,
+          transport,
+          discovery,
+          fabric: await backends.fabric(instanceId),
+          engine: await engine('decode'),
+          clock,
+          log: log.child({ worker: instanceId }),
+          pageBytes,
+          pageCount,
+          limits,
+          deadlines,
+          prefillLocally: mode === 'aggregated',
+          inspect: composeInspectors(inspection.forWorker(instanceId), stateTimer),
+          metrics,
+          ...(requestTracer ? { requestTracer } : {}),
+        }),
+      );
+    }
+    const frontend =
+      config.frontend === false
+        ? undefined
+        : new Frontend({
+            transport,
+            discovery,
+            engine: await engine('frontend'),
+            clock,
+            random: random.split('frontend'),
+            log: log.child({ actor: 'frontend' }),
+            limits,
+            host: config.host ?? '127.0.0.1',
+            port: config.port ?? 8080,
+            streamIdleTimeoutMs: config.streamIdleTimeoutMs ?? 120_000,
+            ...(config.migrationsMax !== undefined ? { migrationsMax: config.migrationsMax } : {}),
+            ...(kvFeed ? { kvFeed } : {}),
+            routing: config.routing ?? 'round-robin',
+            ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
+            ...(config.conditionalDisaggregation ? { conditionalDisaggregation: config.conditionalDisaggregation } : {}),
+            metrics,
+            traceRandom: random.split('traceparent'),
+            inspection,
+          });
+
+    for (const worker of [...prefill, ...decode]) {
+      await worker.start();
+      undo.push(() => worker.stop());
+    }
+    for (const worker of prefill) metrics.addPrefillWorker(worker);
+    for (const worker of decode) metrics.addDecodeWorker(worker);
+    if (frontend) metrics.addFrontend(frontend);
+    const unwatchDeaths = discovery.watch((event) => {
+      if (event.type === 'removed') metrics.recordWorkerDeath(event.record.role);
+    });
+    await frontend?.start();
+    log.info('ready', { mode, frontend: frontend?.url ?? 'none', prefill: prefill.length, decode: decode.length, transport: backends.name, seed });
+
+    const shutdown = async (drainMs: number | undefined): Promise<void> => {
+      unwatchDeaths();
+      kvFeed?.stop();
+      if (drainMs === undefined) await frontend?.stop();
+      else await frontend?.drain(drainMs);
+      for (const worker of [...decode, ...prefill]) {
+        if (drainMs === undefined) await worker.stop();
+        else await worker.drain(drainMs);
+      }
+      await backends.close();
+      for (const made of engines) await made.close();
+      await traceFile?.close();
+      await requestTracer?.shutdown();
+    };
+    return {
+      url: frontend?.url ?? '',
+      frontend,
+      prefill,
+      decode,
+      inspection,
+      metrics,
+      kvFeed,
+      stats: () => ({ prefill: prefill.map((w) => w.stats()), decode: decode.map((w) => w.stats()), inFlight: frontend?.inFlightRequests ?? 0 }),
+      close: () => shutdown(undefined),
+      drain: (timeoutMs) => shutdown(timeoutMs),
+    };
+  } catch (error) {
+    for (const step of undo.reverse()) {
+      try {
+        await step();
+      } catch (cleanupError) {
+        log.warn('cleanup after a failed start failed', { error: String(cleanupError) });
+      }
+    }
+    throw error;
+  }
 }
