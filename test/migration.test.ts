@@ -45,6 +45,11 @@ async function streamed(cluster: Cluster, killAfter?: number): Promise<{ text: s
       text += choice.text;
       finish = choice.finish_reason ?? finish;
     }
+    if (killAfter !== undefined && chunks === killAfter + 2) {
+      // The stream now comes from the surviving worker, and its load is counted there alone.
+      const serving = cluster.decode.find((worker) => cluster.stats().decode[cluster.decode.indexOf(worker)]!.activeRequests === 1)!;
+      expect(Object.keys(cluster.frontend!.routingLoad().decode)).toEqual([serving.instanceId]);
+    }
     if (++chunks === killAfter) {
       textAtKill = text;
       const serving = cluster.stats().decode.findIndex((worker) => worker.activeRequests === 1);
@@ -80,6 +85,7 @@ describe('request migration', () => {
     // The other decode worker prefilled prompt + the tokens already streamed and went on from
     // there: the client's text is exactly the uninterrupted run's, nothing repeated or missing.
     expect(migrated.text).toBe(uninterrupted.text);
+    expect(cluster.frontend!.routingLoad()).toMatchObject({ prefill: {}, decode: {} });
     expect(cluster.frontend!.migrations).toBe(1);
     const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
     expect(metrics).toMatch(/^tandem_migrations_total 1$/m);

@@ -38,6 +38,11 @@ export class WorkerLoad {
     return this.blocks.get(worker) ?? 0;
   }
 
+  /** Blocks in flight per worker, for workers with any. */
+  snapshot(): Record<string, number> {
+    return Object.fromEntries(this.blocks);
+  }
+
   /** Blocks in flight on every worker together. */
   get totalBlocks(): number {
     let total = 0;

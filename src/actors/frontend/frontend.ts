@@ -109,6 +109,11 @@ export class Frontend {
     return this.migrationCount;
   }
 
+  /** The routing mode and the KV blocks this frontend has in flight on each worker. */
+  routingLoad(): { mode: RoutingMode; prefill: Record<string, number>; decode: Record<string, number> } {
+    return { mode: this.router.mode, prefill: this.router.prefillLoad.snapshot(), decode: this.router.decodeLoad.snapshot() };
+  }
+
   /** How many prompts went to a prefill worker ('remote') and how many a decode worker prefilled ('local'). */
   get prefillPlacements(): { remote: number; local: number } {
     return { ...this.placements };
@@ -178,7 +183,15 @@ export class Frontend {
     }));
     const { metrics } = this.options;
     if (metrics) app.get('/metrics', async (_request, reply) => reply.header('content-type', metrics.contentType).send(await metrics.exposition()));
-    const clusterView = async (): Promise<unknown> => ({ model: this.options.engine.model.name, in_flight: this.inFlight.size, workers: await this.clusterView() });
+    const clusterView = async (): Promise<unknown> => {
+      const load = this.routingLoad();
+      return {
+        model: this.options.engine.model.name,
+        in_flight: this.inFlight.size,
+        routing: { mode: load.mode, prefill_blocks_in_flight: load.prefill, decode_blocks_in_flight: load.decode, prefill_placements: this.prefillPlacements },
+        workers: await this.clusterView(),
+      };
+    };
     app.get('/cluster', clusterView);
     if (this.options.inspection) registerUi(app, { mode: 'live', recorder: this.options.inspection, clock: this.options.clock, cluster: clusterView });
     app.get('/v1/models', async () => ({
@@ -222,7 +235,7 @@ export class Frontend {
     let plan: GenerationPlan;
     let body: CompletionBody | ChatBody;
     let prefillTicket: LoadTicket | undefined;
-    let decodeTicket: LoadTicket | undefined;
+    let decodeTicket: { worker: string; blocks: number; ticket: LoadTicket } | undefined;
     try {
       body = parse();
       ({ plan, prefillTicket, decodeTicket } = this.plan(kind, body));
@@ -247,6 +260,12 @@ export class Frontend {
         ...this.options,
         idleTimeoutMs: this.options.streamIdleTimeoutMs,
         migrationsMax: this.options.migrationsMax ?? migrationsMaxDefault,
+        // The stream's load goes to the worker that actually serves it (a fallback, or after a migration).
+        onDecodeWorker: (worker) => {
+          if (!decodeTicket || worker.instanceId === decodeTicket.worker) return;
+          decodeTicket.ticket.end();
+          decodeTicket = { ...decodeTicket, worker: worker.instanceId, ticket: this.router.decodeLoad.begin(worker.instanceId, decodeTicket.blocks) };
+        },
         onMigration: (migration) => {
           this.migrationCount++;
           this.options.metrics?.recordMigration();
@@ -275,7 +294,7 @@ export class Frontend {
       }
     } finally {
       prefillTicket?.end();
-      decodeTicket.end();
+      decodeTicket.ticket.end();
       reply.raw.off('close', onClose);
       this.inFlight.delete(controller);
       if (this.inFlight.size === 0) for (const resolve of this.drained.splice(0)) resolve();
@@ -288,7 +307,7 @@ export class Frontend {
    * prefill counts against its worker's load until the first tokens arrive, the stream against
    * its decode worker's until it ends. Throws TandemError for the client.
    */
-  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: LoadTicket; decodeTicket: LoadTicket } {
+  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: LoadTicket; decodeTicket: { worker: string; blocks: number; ticket: LoadTicket } } {
     const { engine, limits, random } = this.options;
     if (body.model !== engine.model.name) {
       throw new TandemError(ErrorCode.ModelNotFound, `model '${body.model}' is not served here; try '${engine.model.name}'`);
@@ -340,7 +359,8 @@ export class Frontend {
       prefill: prefill.candidates,
       ...(placement.where === 'local' ? { prefillLocally: true } : {}),
     };
-    const decodeTicket = this.router.decodeLoad.begin(decode[0]!.instanceId, Math.ceil((promptTokens.length + maxTokens) / this.router.blockTokens));
+    const decodeBlocks = Math.ceil((promptTokens.length + maxTokens) / this.router.blockTokens);
+    const decodeTicket = { worker: decode[0]!.instanceId, blocks: decodeBlocks, ticket: this.router.decodeLoad.begin(decode[0]!.instanceId, decodeBlocks) };
     return { plan, decodeTicket, ...(prefillTicket ? { prefillTicket } : {}) };
   }
 

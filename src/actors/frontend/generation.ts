@@ -39,6 +39,8 @@ export interface GenerationDeps {
   migrationsMax?: number;
   /** Told each time a request moves to another decode worker. */
   onMigration?: (migration: { requestId: string; from: string; completionTokens: number; cause: TandemError }) => void;
+  /** Told which decode worker took the request, each time a stream opens (first, and after each migration). */
+  onDecodeWorker?: (worker: WorkerRecord) => void;
 }
 
 /**
@@ -75,6 +77,7 @@ export async function* generate(deps: GenerationDeps, plan: GenerationPlan, sign
       decode: plan.decode.filter((worker) => !failedWorkers.has(worker.instanceId)),
     };
     const { worker, stream, chunks, first } = await openFirstResponding(deps, attempt, encodeGenerate(attempt), signal);
+    deps.onDecodeWorker?.(worker);
     // Set when chunks went missing on the way: the worker is fine, only this stream is broken.
     let lostChunks = false;
     try {
