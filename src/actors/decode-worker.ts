@@ -100,8 +100,10 @@ export class DecodeWorker {
       clock: options.clock,
       log: options.log,
       deadlines: options.deadlines,
-      // Every fabric checks page ownership on the receiver, so a writer that is neither connected
-      // nor alive cannot land anything in pages freed now; one that connects later is refused.
+      // A writer without a connection cannot write at all (every fabric needs one), and a connection
+      // opened later is admitted (TCP) or granted (verbs) writes only to pages its rooms still hold,
+      // so pages freed now are safe from a writer that is neither connected nor alive. This trusts
+      // writers to follow the protocol: see README, On RDMA hardware, for the verbs trust boundary.
       writerMayWrite: (writer) =>
         options.fabric.isConnected(writer) || options.discovery.list('prefill').some((r) => r.instanceId === writer.instanceId && r.epoch === writer.epoch),
     });
