@@ -1,5 +1,4 @@
-import { existsSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { DecodeSequence, SamplingParams } from '../src/engine/engine.js';
 import { LlamaEngine } from '../src/engine/llama/llama-engine.js';
@@ -119,8 +118,17 @@ describe('llama engine', () => {
     await vi.waitFor(() => expect(aggregated.freeSequences).toBe(4));
   });
 
-  it('leaves no state file behind', () => {
-    const directory = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-    expect(readdirSync(directory).filter((name) => name.startsWith(`tandem-kv-${process.pid}-`))).toEqual([]);
+  it('leaves no state file behind, in a private directory it removes on close', async () => {
+    const directory = prefill.stateDirectory!;
+    expect(directory).toMatch(new RegExp(`tandem-kv-${process.pid}-`));
+    expect(statSync(directory).mode & 0o777).toBe(0o700);
+    expect(readdirSync(directory)).toEqual([]);
+    const spare = await LlamaEngine.load({ modelPath: models.model, sequencesMax: 2, threads: 1 });
+    const { kv } = await spare.prefill(spare.tokenize('a prompt'), greedy);
+    expect(kv.length).toBeGreaterThan(0);
+    const spareDirectory = spare.stateDirectory!;
+    expect(existsSync(spareDirectory)).toBe(true);
+    await spare.close();
+    expect(existsSync(spareDirectory)).toBe(false);
   });
 });

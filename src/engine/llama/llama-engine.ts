@@ -319,7 +319,14 @@ export class LlamaEngine implements Engine {
     if (this.closed) return;
     this.closed = true;
     this.live.clear();
+    this.slots?.close();
     await this.context?.dispose();
+    this.states.close();
+  }
+
+  /** Where this engine's state files pass through (made on first use), for tests. */
+  get stateDirectory(): string | undefined {
+    return this.states.path;
   }
 
   private track(sequence: LlamaSequence): LlamaSequence {

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,9 +9,12 @@ import type { LlamaContextSequence } from 'node-llama-cpp';
  * state only as files (saveStateToFile / loadStateFromFile, llama_state_seq_*_file underneath),
  * so the bytes pass through a file in a memory-backed directory (/dev/shm where it exists) that
  * lives only for the call. The file holds the sequence's tokens and its K and V rows per layer.
+ * Files go into a private directory made for this engine (mode 0700, created exclusively), so no
+ * other user can plant or read one, and files are created exclusively ('wx'); `close()` removes it.
  */
 export class LlamaStateFiles {
-  private readonly directory: string;
+  private readonly parent: string;
+  private directory: string | undefined;
   private counter = 0;
 
   constructor(
@@ -19,7 +22,18 @@ export class LlamaStateFiles {
     private readonly tag: string,
     directory?: string,
   ) {
-    this.directory = directory ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
+    this.parent = directory ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
+  }
+
+  /** The directory state files of this engine go to (made on first use). */
+  get path(): string | undefined {
+    return this.directory;
+  }
+
+  /** Removes the engine's directory and anything left in it. */
+  close(): void {
+    if (this.directory !== undefined) rmSync(this.directory, { recursive: true, force: true });
+    this.directory = undefined;
   }
 
   /** The state of `sequence` as bytes. */
@@ -41,7 +55,7 @@ export class LlamaStateFiles {
   async load(sequence: LlamaContextSequence, bytes: Uint8Array): Promise<void> {
     const path = this.nextPath();
     try {
-      await writeFile(path, bytes);
+      await writeFile(path, bytes, { flag: 'wx' });
       await sequence.loadStateFromFile(path, { acceptRisk: true });
     } finally {
       await rm(path, { force: true });
@@ -49,6 +63,7 @@ export class LlamaStateFiles {
   }
 
   private nextPath(): string {
-    return join(this.directory, `tandem-kv-${process.pid}-${this.tag}-${this.counter++}.state`);
+    this.directory ??= mkdtempSync(join(this.parent, `tandem-kv-${process.pid}-`));
+    return join(this.directory, `${this.tag}-${this.counter++}.state`);
   }
 }

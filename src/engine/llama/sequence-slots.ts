@@ -49,6 +49,11 @@ export class SequenceSlots {
     return this.context.getSequence();
   }
 
+  /** Refuses every caller still waiting for a sequence (the engine is closing). */
+  close(): void {
+    for (const waiter of this.waiters.splice(0)) waiter.reject(new TandemError(ErrorCode.ShuttingDown, 'llama engine is closing'));
+  }
+
   /** Disposes `sequence`; its slot goes to the next waiter once llama.cpp has cleared it. */
   release(sequence: LlamaContextSequence): void {
     void sequence.dispose().finally(() => {
