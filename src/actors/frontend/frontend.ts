@@ -1,5 +1,4 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { ServerResponse } from 'node:http';
 import type { Discovery } from '../../discovery/discovery.js';
 import type { Engine } from '../../engine/engine.js';
 import type { InspectionRecorder } from '../../inspect/inspection-recorder.js';
@@ -13,13 +12,15 @@ import type { Random } from '../../random/random.js';
 import { sleep, waitUntil, type Clock } from '../../time/clock.js';
 import type { KvPrefillRanker } from '../../routing/kv-router-feed.js';
 import type { LoadTicket } from '../../routing/worker-load.js';
-import { placePrefill, type ConditionalDisaggregation } from '../../routing/prefill-placement.js';
+import type { ConditionalDisaggregation } from '../../routing/prefill-placement.js';
 import type { Transport } from '../../transport/transport.js';
 import { decode, encode } from '../../protocol/codec.js';
 import { subjects } from '../../protocol/subjects.js';
 import { continueTrace, formatTraceparent } from '../../trace/traceparent.js';
-import { Router, type RoutingMode } from '../router.js';
-import { generate, type GenerationEvent, type GenerationPlan } from './generation.js';
+import type { RoutingMode } from '../router.js';
+import { RequestRouting, type DecodeLoadTicket } from './request-routing.js';
+import { collectResponse, streamResponse } from './http-response.js';
+import { generate, type GenerationPlan } from './generation.js';
 import { httpError, httpFailure } from './http-error.js';
 import { chatSchema, completionSchema, type ChatBody, type CompletionBody } from './openai-schemas.js';
 import { responseShape, type ResponseKind } from './openai-responses.js';
@@ -75,21 +76,24 @@ const completionMaxTokensDefault = 16;
  */
 export class Frontend {
   private readonly app: FastifyInstance;
-  private readonly router: Router;
+  private readonly routing: RequestRouting;
   private readonly inFlight = new Set<AbortController>();
   /** Resolved when the last request in flight has answered (stop() waits on them). */
   private readonly drained: Array<() => void> = [];
   private address = '';
   private traceRandom: Random | undefined;
   private migrationCount = 0;
-  private readonly placements = { remote: 0, local: 0 };
 
   constructor(private readonly options: FrontendOptions) {
-    this.router = new Router(options.discovery, options.engine.model.name, {
-      ...(options.kvFeed ? { kv: options.kvFeed } : {}),
-      ...(options.routing ? { mode: options.routing } : {}),
+this.routing = new RequestRouting({
+      discovery: options.discovery,
+      model: options.engine.model.name,
+      random: options.random,
+      ...(options.kvFeed ? { kvFeed: options.kvFeed } : {}),
+      ...(options.routing ? { routing: options.routing } : {}),
       ...(options.blockTokens !== undefined ? { blockTokens: options.blockTokens } : {}),
-      random: options.random.split('routing'),
+      ...(options.conditionalDisaggregation ? { conditionalDisaggregation: options.conditionalDisaggregation } : {}),
+      ...(options.metrics ? { metrics: options.metrics } : {}),
     });
     this.app = Fastify({ bodyLimit: options.limits.httpBodyBytesMax, logger: false, return503OnClosing: true });
     this.routes();
@@ -111,12 +115,12 @@ export class Frontend {
 
   /** The routing mode and the KV blocks this frontend has in flight on each worker. */
   routingLoad(): { mode: RoutingMode; prefill: Record<string, number>; decode: Record<string, number> } {
-    return { mode: this.router.mode, prefill: this.router.prefillLoad.snapshot(), decode: this.router.decodeLoad.snapshot() };
+    return this.routing.load();
   }
 
   /** How many prompts went to a prefill worker ('remote') and how many a decode worker prefilled ('local'). */
   get prefillPlacements(): { remote: number; local: number } {
-    return { ...this.placements };
+    return this.routing.prefillPlacements;
   }
 
   async start(): Promise<void> {
@@ -178,7 +182,7 @@ export class Frontend {
     app.get('/health', async () => ({
       status: 'ok',
       model: this.options.engine.model.name,
-      workers: { prefill: this.router.workers('prefill').length, decode: this.router.workers('decode').length },
+      workers: { prefill: this.routing.workers('prefill').length, decode: this.routing.workers('decode').length },
       in_flight: this.inFlight.size,
     }));
     const { metrics } = this.options;
@@ -206,7 +210,7 @@ export class Frontend {
 
   /** Every registered worker with its counters, asked over the transport (a silent worker shows its error). */
   private async clusterView(): Promise<unknown[]> {
-    const records = [...this.router.workers('prefill'), ...this.router.workers('decode')];
+    const records = [...this.routing.workers('prefill'), ...this.routing.workers('decode')];
     return Promise.all(
       records.map(async (record) => {
         const base = { instance_id: record.instanceId, role: record.role, model: record.model, epoch: record.epoch };
@@ -235,7 +239,7 @@ export class Frontend {
     let plan: GenerationPlan;
     let body: CompletionBody | ChatBody;
     let prefillTicket: LoadTicket | undefined;
-    let decodeTicket: { worker: string; blocks: number; ticket: LoadTicket } | undefined;
+    let decodeTicket: DecodeLoadTicket | undefined;
     try {
       body = parse();
       ({ plan, prefillTicket, decodeTicket } = this.plan(kind, body));
@@ -261,11 +265,7 @@ export class Frontend {
         idleTimeoutMs: this.options.streamIdleTimeoutMs,
         migrationsMax: this.options.migrationsMax ?? migrationsMaxDefault,
         // The stream's load goes to the worker that actually serves it (a fallback, or after a migration).
-        onDecodeWorker: (worker) => {
-          if (!decodeTicket || worker.instanceId === decodeTicket.worker) return;
-          decodeTicket.ticket.end();
-          decodeTicket = { ...decodeTicket, worker: worker.instanceId, ticket: this.router.decodeLoad.begin(worker.instanceId, decodeTicket.blocks) };
-        },
+        onDecodeWorker: (worker) => decodeTicket?.moveTo(worker),
         onMigration: (migration) => {
           this.migrationCount++;
           this.options.metrics?.recordMigration();
@@ -283,8 +283,8 @@ export class Frontend {
     };
     reply.raw.on('close', onClose);
     try {
-      if (body.stream) await this.stream(reply, events, shape, Boolean(body.stream_options?.include_usage));
-      else await reply.send(await this.collect(events, shape));
+      if (body.stream) await streamResponse(reply, events, shape, Boolean(body.stream_options?.include_usage));
+      else await reply.send(await collectResponse(events, shape));
     } catch (error) {
       const failure = TandemError.from(error);
       this.options.log.info('request failed', { request: plan.requestId, traceparent: plan.traceparent, code: failure.code, error: failure.message });
@@ -294,7 +294,7 @@ export class Frontend {
       }
     } finally {
       prefillTicket?.end();
-      decodeTicket.ticket.end();
+      decodeTicket.end();
       reply.raw.off('close', onClose);
       this.inFlight.delete(controller);
       if (this.inFlight.size === 0) for (const resolve of this.drained.splice(0)) resolve();
@@ -307,7 +307,7 @@ export class Frontend {
    * prefill counts against its worker's load until the first tokens arrive, the stream against
    * its decode worker's until it ends. Throws TandemError for the client.
    */
-  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: LoadTicket; decodeTicket: { worker: string; blocks: number; ticket: LoadTicket } } {
+  private plan(kind: ResponseKind, body: CompletionBody | ChatBody): { plan: GenerationPlan; prefillTicket?: LoadTicket; decodeTicket: DecodeLoadTicket } {
     const { engine, limits, random } = this.options;
     if (body.model !== engine.model.name) {
       throw new TandemError(ErrorCode.ModelNotFound, `model '${body.model}' is not served here; try '${engine.model.name}'`);
@@ -332,16 +332,9 @@ export class Frontend {
     if (this.inFlight.size >= limits.inFlightRequestsMax) {
       throw new TandemError(ErrorCode.Overloaded, `${limits.inFlightRequestsMax} requests are in flight; retry later`);
     }
-    const decode = this.router.decodeCandidates();
-    if (decode.length === 0) throw new TandemError(ErrorCode.NoWorkers, 'no decode worker is registered');
     const weights = body.routing;
     const selection = weights ? { ...(weights.overlap_weight != null ? { overlapWeight: weights.overlap_weight } : {}), ...(weights.temperature != null ? { temperature: weights.temperature } : {}) } : undefined;
-    const prefill = this.router.choosePrefill(promptTokens, selection);
-    const placement = placePrefill(prefill, this.router.prefillLoad, this.options.conditionalDisaggregation);
-    this.placements[placement.where]++;
-    this.options.metrics?.recordPrefillPlacement(placement.where, placement.where === 'local' ? placement.reason : 'disaggregated');
-    const first = prefill.candidates[0];
-    const prefillTicket = placement.where === 'remote' && first ? this.router.prefillLoad.begin(first.instanceId, Math.ceil(prefill.uncachedTokens / this.router.blockTokens)) : undefined;
+    const routed = this.routing.route(promptTokens, maxTokens, selection);
     const plan: GenerationPlan = {
       requestId: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${random.id(24)}`,
       model: engine.model.name,
@@ -355,75 +348,11 @@ export class Frontend {
       },
       stops: body.stop == null ? [] : [body.stop].flat(),
       deadlines: body.deadlines ?? undefined,
-      decode,
-      prefill: prefill.candidates,
-      ...(placement.where === 'local' ? { prefillLocally: true } : {}),
+      decode: routed.decode,
+      prefill: routed.prefill,
+      ...(routed.prefillLocally ? { prefillLocally: true } : {}),
     };
-    const decodeBlocks = Math.ceil((promptTokens.length + maxTokens) / this.router.blockTokens);
-    const decodeTicket = { worker: decode[0]!.instanceId, blocks: decodeBlocks, ticket: this.router.decodeLoad.begin(decode[0]!.instanceId, decodeBlocks) };
-    return { plan, decodeTicket, ...(prefillTicket ? { prefillTicket } : {}) };
-  }
-
-  private async collect(events: AsyncGenerator<GenerationEvent>, shape: ReturnType<typeof responseShape>): Promise<unknown> {
-    let text = '';
-    for await (const event of events) {
-      if (event.type === 'text') text += event.text;
-      else return shape.complete(text, event);
-    }
-    throw new TandemError(ErrorCode.Internal, 'the generation ended without finishing');
-  }
-
-  /** Streams SSE. Headers go out with the first event, so a request that fails before it gets a plain HTTP error. */
-  private async stream(
-    reply: FastifyReply,
-    events: AsyncGenerator<GenerationEvent>,
-    shape: ReturnType<typeof responseShape>,
-    includeUsage: boolean,
-  ): Promise<void> {
-    const res = reply.raw;
-    try {
-      let started = false;
-      for await (const event of events) {
-        if (!started) {
-          reply.hijack();
-          res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
-          started = true;
-          const opening = shape.opening();
-          if (opening) await send(res, opening);
-        }
-        if (event.type === 'text') {
-          await send(res, shape.delta(event.text));
-        } else {
-          await send(res, shape.last(event));
-          if (includeUsage) await send(res, shape.usage(event));
-          res.end('data: [DONE]\n\n');
-          return;
-        }
-      }
-    } catch (error) {
-      if (!res.headersSent) throw error;
-      // The stream already started: report the failure in-band, as OpenAI's API does.
-      if (!res.writableEnded && !res.destroyed) {
-        const { body } = httpError(TandemError.from(error));
-        res.end(`data: ${JSON.stringify(body)}\n\n`);
-      }
-    }
-  }
-}
-
-/** Writes one SSE event, waiting for the socket to drain when the client reads slowly. */
-async function send(res: ServerResponse, payload: unknown): Promise<void> {
-  if (res.destroyed) throw new TandemError(ErrorCode.Cancelled, 'the client went away');
-  if (!res.write(`data: ${JSON.stringify(payload)}\n\n`)) {
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        res.off('drain', done);
-        res.off('close', done);
-        resolve();
-      };
-      res.on('drain', done);
-      res.on('close', done);
-    });
+    return { plan, decodeTicket: routed.decodeTicket, ...(routed.prefillTicket ? { prefillTicket: routed.prefillTicket } : {}) };
   }
 }
 
