@@ -2,6 +2,7 @@
 // addon (native/build/Release/fake_verbs.so). There is no RDMA device here, so this drives the
 // addon's real C++ (dlopen'd table, queue-pair transitions, libuv-polled completion channel, work
 // completions and async events) against a stand-in for the hardware; it says so in its output.
+import { connect as netConnect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCode, TandemError } from '../src/errors.js';
 import { ownerKey, type WriterIdentity } from '../src/fabric/fabric.js';
@@ -64,6 +65,27 @@ async function pair(options: Partial<VerbsFabricOptions> = {}) {
   return { receiver, sender, region, connection, inbound, peerClosed, control: fake.addon!.fakeControl.bind(fake.addon) };
 }
 
+/** A control connection that never says hello, like a port scan or a health check. */
+async function idleSocket(endpoint: string): Promise<Socket> {
+  const [host, port] = endpoint.split(':');
+  const socket = netConnect({ host: host!, port: Number(port) });
+  socket.on('error', () => {});
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  return socket;
+}
+
+/** A logger that keeps its error lines. */
+function errorLog(errors: string[]): Logger {
+  const log: Logger = {
+    debug: () => {},
+    info: () => {},
+    warn: () => {},
+    error: (message: string, fields?: LogFields) => void errors.push(`${message} ${JSON.stringify(fields ?? {})}`),
+    child: () => log,
+  };
+  return log;
+}
+
 async function failure(promise: Promise<unknown>): Promise<TandemError> {
   const error = await promise.then(
     () => undefined,
@@ -84,6 +106,7 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     for (const fabric of fabrics.splice(0)) await fabric.close();
     fake.addon?.fakeControl('link_layer', 1);
     fake.addon?.fakeControl('fail_next_send', -1);
+    fake.addon?.fakeControl('fail_next_poll', 0);
   });
 
   it('sets up one RC queue pair per connection on each side, both in RTS, addressed by LID on InfiniBand', async () => {
@@ -181,6 +204,97 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     const error = await failure(pending);
     expect(error.message).toContain('writeTimeoutMs');
     expect(connection.closed).toBe(true);
+  });
+
+  it('does not count control sockets still waiting for their hello against the completion queue\'s connections', async () => {
+    // 8 staging slots + 64 receives + 2 per connection: room for two connections on each side.
+    const options = { completionQueueEntries: 2 * (8 + 64 + 2) };
+    const receiver = await fakeFabric(options);
+    const sender = await fakeFabric(options);
+    fabrics.push(sender, receiver);
+    const region = receiver.registerRegion({ pageBytes, pageCount: 2 });
+    const idle = [await idleSocket(receiver.endpoint), await idleSocket(receiver.endpoint)];
+    await waitFor(() => receiver.connections().awaitingHello === 2, 5000, 'idle sockets accepted');
+    await sender.connect(region.descriptor, writer);
+    await sender.connect(region.descriptor, { instanceId: 'prefill-b', epoch: 1 });
+    expect(receiver.connections()).toMatchObject({ awaitingHello: 2 });
+    expect(receiver.connections().inbound).toHaveLength(2);
+    const third = await fakeFabric(options);
+    fabrics.push(third);
+    const error = await failure(third.connect(region.descriptor, { instanceId: 'prefill-c', epoch: 1 }));
+    expect(error.message).toContain('completion queue');
+    for (const socket of idle) socket.destroy();
+  });
+
+  it('closes control sockets beyond pendingHellosMax that wait for their hello, and keeps the others', async () => {
+    const receiver = await fakeFabric({ pendingHellosMax: 2 });
+    fabrics.push(receiver);
+    const kept = [await idleSocket(receiver.endpoint), await idleSocket(receiver.endpoint)];
+    await waitFor(() => receiver.connections().awaitingHello === 2, 5000, 'idle sockets accepted');
+    const refused = await idleSocket(receiver.endpoint);
+    await new Promise<void>((resolve) => refused.once('close', () => resolve()));
+    expect(receiver.connections().awaitingHello).toBe(2);
+    expect(kept.every((socket) => !socket.destroyed)).toBe(true);
+    // A freed place takes a newcomer again.
+    kept[0]!.destroy();
+    await waitFor(() => receiver.connections().awaitingHello === 1, 5000, 'idle socket gone');
+    const region = receiver.registerRegion({ pageBytes, pageCount: 2 });
+    const sender = await fakeFabric();
+    fabrics.push(sender);
+    await sender.connect(region.descriptor, writer);
+    expect(receiver.connections().inbound).toHaveLength(1);
+    kept[1]!.destroy();
+  });
+
+  it('still closes the connection and tells listeners the writer left when the queue pair cannot be torn down', async () => {
+    const errors: string[] = [];
+    const receiver = await fakeFabric({ log: errorLog(errors) });
+    const sender = await fakeFabric();
+    fabrics.push(sender, receiver);
+    const region = receiver.registerRegion({ pageBytes, pageCount: 2 });
+    const peerClosed: WriterIdentity[] = [];
+    receiver.onPeerClosed((who) => peerClosed.push(who));
+    const connection = await sender.connect(region.descriptor, writer);
+    // The fake cannot fail these calls, so the receiver's context gets own methods that do
+    // (the addon's are read-only on its prototype); the fabric's close still releases the pair.
+    const context = receiver.device.context as unknown as { modifyQueuePair: (...args: unknown[]) => void };
+    const realModify = context.modifyQueuePair.bind(context);
+    Object.defineProperty(context, 'modifyQueuePair', {
+      value: (...args: unknown[]) => {
+        if (args[1] === 'error') throw new Error('injected modify failure');
+        realModify(...args);
+      },
+    });
+    Object.defineProperty(context, 'destroyQueuePair', {
+      value: () => {
+        throw new Error('injected destroy failure');
+      },
+    });
+    connection.close();
+    await waitFor(() => peerClosed.length === 1, 5000, 'peer closed');
+    expect(peerClosed).toEqual([writer]);
+    expect(receiver.connections().inbound).toEqual([]);
+    expect(errors.join('\n')).toMatch(/error state.*injected modify failure[\s\S]*destroyed.*injected destroy failure/);
+  });
+
+  it('keeps many concurrent empty writes within the send queue, whose depth the fake enforces', async () => {
+    // One staging slot: a send queue of two entries, and 48 granted zero-length WRITE_WITH_IMMs.
+    const { region, connection } = await pair({ stagingSlots: 1 });
+    const rooms = Array.from({ length: 48 }, (_, i) => i + 1);
+    await Promise.all(rooms.map((room) => connection.write({ room, pages: [], data: new Uint8Array(0), final: true })));
+    for (const room of rooms) expect(region.poll(ownerKey(writer, room))?.imm).toBe(room);
+    expect(connection.closed).toBe(false);
+  });
+
+  it('tears the connection down on either side when its completion queue cannot be polled', async () => {
+    const { region, connection, peerClosed } = await pair();
+    region.claim([0], ownerKey(writer, 1));
+    fake.addon!.fakeControl('fail_next_poll', 1);
+    // Whichever side polls first gets the CQ error; the write may land before it does, or fail.
+    const settled = connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes), final: true }).catch((error: unknown) => error);
+    await waitFor(() => connection.closed && peerClosed.length === 1, 5000, 'teardown after the CQ error');
+    const outcome = await settled;
+    if (outcome !== undefined) expect((outcome as TandemError).message).toMatch(/CQ error: ibv_poll_cq failed|closed by the receiver/);
   });
 
   it('fails every connection on the port when the port goes down', async () => {

@@ -57,6 +57,9 @@ afterEach(() => {
   addon?.fakeControl('no_kernel_support', 0);
   addon?.fakeControl('link_layer', 1);
   addon?.fakeControl('fail_next_send', -1);
+  addon?.fakeControl('fail_next_poll', 0);
+  addon?.fakeControl('fail_next_notify', 0);
+  addon?.fakeControl('unpollable_channel', 0);
 });
 
 describe.skipIf(skipReason !== undefined)('verbs addon through the fake verbs table (no RDMA device here)', () => {
@@ -183,6 +186,57 @@ describe.skipIf(skipReason !== undefined)('verbs addon through the fake verbs ta
     addon!.fakeControl('port_error', 1);
     await waitFor(() => a.events.length === 2 && b.events.length === 1, 5000, 'port events');
     expect(a.events[1]).toEqual({ type: AsyncEventType.PortError, typeName: 'port error', port: 1 });
+  });
+
+  it('fails start with an error when libuv cannot poll the completion channel, and still closes cleanly', () => {
+    addon!.fakeControl('unpollable_channel', 1);
+    const context = new addon!.Context('fake0', 256);
+    expect(() =>
+      context.start(
+        () => {},
+        () => {},
+      ),
+    ).toThrow(/uv_poll_init\(completion channel\) failed/);
+    context.close();
+    expect(() => context.createQueuePair(1, 1)).toThrow(/closed/);
+  });
+
+  it('reports a failed ibv_poll_cq as a CQ error event instead of dropping it, and delivers the completion on the next wake-up', async () => {
+    const { a, b, qpA } = connectedPair();
+    const source = a.context.registerMemory(64);
+    const target = b.context.registerMemory(64);
+    addon!.fakeControl('fail_next_poll', 1);
+    a.context.postWrite(qpA, 1, source.address, 4, source.lkey, target.address, target.rkey, null);
+    await waitFor(() => a.events.length === 1, 5000, 'CQ error event');
+    expect(a.events[0]).toMatchObject({ type: AsyncEventType.CqError });
+    expect(a.events[0]!.typeName).toMatch(/CQ error: ibv_poll_cq failed/);
+    expect(a.completions).toEqual([]);
+    a.context.postWrite(qpA, 2, source.address, 4, source.lkey, target.address, target.rkey, null);
+    await waitFor(() => a.completions.length === 2, 5000, 'both completions');
+    expect(a.completions.map((completion) => completion.wrId)).toEqual([1, 2]);
+  });
+
+  it('reports a failed ibv_req_notify_cq as a CQ error event after delivering the completions polled', async () => {
+    const { a, b, qpA } = connectedPair();
+    const source = a.context.registerMemory(64);
+    const target = b.context.registerMemory(64);
+    addon!.fakeControl('fail_next_notify', 5);
+    a.context.postWrite(qpA, 1, source.address, 4, source.lkey, target.address, target.rkey, null);
+    await waitFor(() => a.events.length === 1, 5000, 'CQ error event');
+    expect(a.completions).toMatchObject([{ wrId: 1, status: WcStatus.Success }]);
+    expect(a.events[0]).toMatchObject({ type: AsyncEventType.CqError });
+    expect(a.events[0]!.typeName).toMatch(/CQ error: ibv_req_notify_cq failed: /);
+  });
+
+  it('refuses posts beyond the send queue depth until polled completions retire them', async () => {
+    const { a, b, qpA } = connectedPair();
+    const source = a.context.registerMemory(64);
+    const target = b.context.registerMemory(64);
+    for (let wrId = 1; wrId <= 16; wrId++) a.context.postWrite(qpA, wrId, source.address, 4, source.lkey, target.address, target.rkey, null);
+    expect(() => a.context.postWrite(qpA, 17, source.address, 4, source.lkey, target.address, target.rkey, null)).toThrow(/Cannot allocate memory/);
+    await waitFor(() => a.completions.length === 16, 5000, 'completions');
+    a.context.postWrite(qpA, 18, source.address, 4, source.lkey, target.address, target.rkey, null);
+    await waitFor(() => a.completions.length === 17, 5000, 'completion after the queue drained');
   });
 
   it('tears down queue pairs, registrations and the device on close, and refuses use afterwards', () => {

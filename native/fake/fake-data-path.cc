@@ -84,11 +84,21 @@ int PostSend(ibv_qp* base, ibv_send_wr* wr, ibv_send_wr** bad) {
       *bad = wr;
       return EINVAL;
     }
+    // As on hardware, a send queue holding max_send_wr unretired work requests takes no more.
+    if (qp->sendsOutstanding >= qp->maxSendWr) {
+      *bad = wr;
+      return ENOMEM;
+    }
+    const bool signaled = (wr->send_flags & IBV_SEND_SIGNALED) != 0 || qp->qp.qp_type != IBV_QPT_RC;
+    // Only a signaled request leaves a completion whose polling retires it.
+    if (signaled) qp->sendsOutstanding++;
     if (qp->qp.state == IBV_QPS_ERR) {
+      if (!signaled) qp->sendsOutstanding++;
       Complete(qp->sendCq, Completion(wr->wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RDMA_WRITE, qp->qp.qp_num));
       continue;
     }
     if (qp->qp.state != IBV_QPS_RTS) {
+      if (signaled) qp->sendsOutstanding--;
       *bad = wr;
       return EINVAL;
     }
@@ -100,9 +110,10 @@ int PostSend(ibv_qp* base, ibv_send_wr* wr, ibv_send_wr** bad) {
       status = Execute(qp, *wr);
     }
     if (status != IBV_WC_SUCCESS) {
+      if (!signaled) qp->sendsOutstanding++;
       Complete(qp->sendCq, Completion(wr->wr_id, status, IBV_WC_RDMA_WRITE, qp->qp.qp_num));
       EnterError(qp);
-    } else if ((wr->send_flags & IBV_SEND_SIGNALED) != 0 || qp->qp.qp_type != IBV_QPT_RC) {
+    } else if (signaled) {
       Complete(qp->sendCq, Completion(wr->wr_id, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, qp->qp.qp_num));
     }
   }
@@ -131,9 +142,19 @@ int PollCq(ibv_cq* base, int entries, ibv_wc* wc) {
   State& s = state();
   std::lock_guard<std::recursive_mutex> lock(s.mutex);
   Cq* cq = reinterpret_cast<Cq*>(base);
+  if (s.failNextPoll) {
+    s.failNextPoll = false;
+    return -1;
+  }
   int count = 0;
   while (count < entries && !cq->completions.empty()) {
-    wc[count++] = cq->completions.front();
+    const ibv_wc& polled = cq->completions.front();
+    // Polling a send completion retires its work request from the send queue.
+    if (polled.opcode == IBV_WC_RDMA_WRITE) {
+      auto found = s.qps.find(polled.qp_num);
+      if (found != s.qps.end() && found->second->sendsOutstanding > 0) found->second->sendsOutstanding--;
+    }
+    wc[count++] = polled;
     cq->completions.pop_front();
   }
   return count;
@@ -143,6 +164,11 @@ int ReqNotifyCq(ibv_cq* base, int) {
   State& s = state();
   std::lock_guard<std::recursive_mutex> lock(s.mutex);
   Cq* cq = reinterpret_cast<Cq*>(base);
+  if (s.failNextNotifyErrno != 0) {
+    int error = s.failNextNotifyErrno;
+    s.failNextNotifyErrno = 0;
+    return error;
+  }
   // As on a real CQ, only a completion added after arming wakes the channel.
   cq->armed = true;
   return 0;

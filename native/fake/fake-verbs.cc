@@ -164,6 +164,15 @@ FAKE_EXPORT int ibv_dereg_mr(ibv_mr* mr) {
 FAKE_EXPORT ibv_comp_channel* ibv_create_comp_channel(ibv_context* context) {
   int fds[2];
   if (!MakePipe(fds)) return nullptr;
+  {
+    std::lock_guard<std::recursive_mutex> lock(state().mutex);
+    if (state().nextChannelUnpollable) {
+      // epoll refuses /dev/null (EPERM), so the addon's uv_poll_init of this channel fails.
+      state().nextChannelUnpollable = false;
+      close(fds[0]);
+      fds[0] = open("/dev/null", O_RDONLY);
+    }
+  }
   auto* channel = new fake::Channel();
   channel->channel.context = context;
   channel->channel.fd = fds[0];
@@ -223,6 +232,7 @@ FAKE_EXPORT ibv_qp* ibv_create_qp(ibv_pd* pd, ibv_qp_init_attr* init) {
   qp->qp.qp_type = init->qp_type;
   qp->qp.state = IBV_QPS_RESET;
   qp->qp.qp_num = state().nextQpn++;
+  qp->maxSendWr = init->cap.max_send_wr;
   qp->sendCq = reinterpret_cast<fake::Cq*>(init->send_cq);
   qp->recvCq = reinterpret_cast<fake::Cq*>(init->recv_cq);
   state().qps[qp->qp.qp_num] = qp;
@@ -323,7 +333,9 @@ FAKE_EXPORT const char* ibv_event_type_str(ibv_event_type event) {
 }
 
 // Test controls: device_count n, no_kernel_support 0|1, link_layer 1 (IB) | 2 (Ethernet),
-// fail_next_send <ibv_wc_status>, qp_fatal <qpn>, port_error <port>, live_qps -> count.
+// fail_next_send <ibv_wc_status>, fail_next_poll 0|1 (ibv_poll_cq returns -1 once),
+// fail_next_notify <errno> (ibv_req_notify_cq fails once), qp_fatal <qpn>, port_error <port>,
+// unpollable_channel 0|1 (the next completion channel's fd cannot be polled), live_qps -> count.
 FAKE_EXPORT int tandem_fake_verbs_control(const char* command, long long value) {
   fake::State& s = state();
   std::lock_guard<std::recursive_mutex> lock(s.mutex);
@@ -336,6 +348,12 @@ FAKE_EXPORT int tandem_fake_verbs_control(const char* command, long long value) 
     s.linkLayer = static_cast<uint8_t>(value);
   } else if (name == "fail_next_send") {
     s.failNextSendStatus = static_cast<int>(value);
+  } else if (name == "fail_next_poll") {
+    s.failNextPoll = value != 0;
+  } else if (name == "fail_next_notify") {
+    s.failNextNotifyErrno = static_cast<int>(value);
+  } else if (name == "unpollable_channel") {
+    s.nextChannelUnpollable = value != 0;
   } else if (name == "qp_fatal") {
     auto found = s.qps.find(static_cast<uint32_t>(value));
     if (found == s.qps.end()) return -1;

@@ -32,6 +32,10 @@ struct Qp {
   int accessFlags = 0;
   bool global = false;
   std::deque<uint64_t> receives;
+  // The send queue's depth (cap.max_send_wr) and the send work requests occupying it: posted and
+  // not yet retired, i.e. their completions not yet polled. A full send queue refuses posts.
+  uint32_t maxSendWr = 0;
+  uint32_t sendsOutstanding = 0;
 };
 
 struct Context {
@@ -51,6 +55,9 @@ struct State {
   bool noKernelSupport = false;
   uint8_t linkLayer = IBV_LINK_LAYER_INFINIBAND;
   int failNextSendStatus = -1;
+  bool failNextPoll = false;
+  int failNextNotifyErrno = 0;
+  bool nextChannelUnpollable = false;
 };
 
 State& state();

@@ -205,16 +205,30 @@ void Context::Start(const Napi::CallbackInfo& info) {
   onCompletions_ = Napi::Persistent(info[0].As<Napi::Function>());
   onAsyncEvent_ = Napi::Persistent(info[1].As<Napi::Function>());
   asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "tandem.verbs");
+  // On failure nothing stays half-started: a poll handle is stored only once uv_poll_init has
+  // succeeded, so ClosePoll never uv_closes an uninitialised handle.
+  auto fail = [&](const std::string& what, int error) {
+    ClosePoll(channelPoll_);
+    ClosePoll(asyncPoll_);
+    onCompletions_.Reset();
+    onAsyncEvent_.Reset();
+    ThrowErrno(env, what, error);
+  };
   uv_loop_t* loop = nullptr;
-  napi_get_uv_event_loop(env, &loop);
-  channelPoll_ = new uv_poll_t;
-  asyncPoll_ = new uv_poll_t;
-  uv_poll_init(loop, channelPoll_, channel_->fd);
-  uv_poll_init(loop, asyncPoll_, context_->async_fd);
-  channelPoll_->data = this;
-  asyncPoll_->data = this;
-  uv_poll_start(channelPoll_, UV_READABLE, PollCallback);
-  uv_poll_start(asyncPoll_, UV_READABLE, PollCallback);
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) fail("napi_get_uv_event_loop failed", EINVAL);
+  auto initPoll = [&](uv_poll_t*& slot, int fd, const char* what) {
+    auto handle = std::make_unique<uv_poll_t>();
+    int error = uv_poll_init(loop, handle.get(), fd);
+    if (error != 0) fail(std::string("uv_poll_init(") + what + ") failed", -error);
+    handle->data = this;
+    slot = handle.release();
+  };
+  initPoll(channelPoll_, channel_->fd, "completion channel");
+  initPoll(asyncPoll_, context_->async_fd, "async event fd");
+  int error = uv_poll_start(channelPoll_, UV_READABLE, PollCallback);
+  if (error != 0) fail("uv_poll_start(completion channel) failed", -error);
+  error = uv_poll_start(asyncPoll_, UV_READABLE, PollCallback);
+  if (error != 0) fail("uv_poll_start(async event fd) failed", -error);
   // Open connections keep the process alive through their sockets; an idle device does not.
   uv_unref(reinterpret_cast<uv_handle_t*>(channelPoll_));
   uv_unref(reinterpret_cast<uv_handle_t*>(asyncPoll_));
@@ -249,14 +263,22 @@ void Context::OnCompletionChannel() {
   unsigned int events = 0;
   while (verbs->get_cq_event(channel_, &cq, &cqContext) == 0) events++;
   if (events > 0) verbs->ack_cq_events(cq_, events);
-  ibv_req_notify_cq(cq_, 0);
+  // A CQ that cannot be re-armed or polled loses completions silently; JS hears of it as a CQ
+  // error event, which fails every connection using this CQ, once the polled ones are delivered.
+  std::string cqFailure;
+  int notifyError = ibv_req_notify_cq(cq_, 0);
+  if (notifyError != 0) cqFailure = std::string("ibv_req_notify_cq failed: ") + std::strerror(notifyError);
   Napi::HandleScope scope(env_);
   Napi::Array out = Napi::Array::New(env_);
   uint32_t count = 0;
   ibv_wc wcs[kCompletionBatch];
   for (;;) {
     int polled = ibv_poll_cq(cq_, kCompletionBatch, wcs);
-    if (polled <= 0) break;
+    if (polled < 0) {
+      if (cqFailure.empty()) cqFailure = "ibv_poll_cq failed (" + std::to_string(polled) + ")";
+      break;
+    }
+    if (polled == 0) break;
     for (int i = 0; i < polled; i++) {
       const ibv_wc& wc = wcs[i];
       Napi::Object item = Napi::Object::New(env_);
@@ -275,6 +297,13 @@ void Context::OnCompletionChannel() {
     if (polled < kCompletionBatch) break;
   }
   if (count > 0) Deliver(onCompletions_, out);
+  // Delivering may have closed the context, and with it every connection.
+  if (!cqFailure.empty() && context_ != nullptr) {
+    Napi::Object item = Napi::Object::New(env_);
+    item.Set("type", Napi::Number::New(env_, IBV_EVENT_CQ_ERR));
+    item.Set("typeName", Napi::String::New(env_, "CQ error: " + cqFailure));
+    Deliver(onAsyncEvent_, item);
+  }
 }
 
 void Context::OnAsyncEvent() {

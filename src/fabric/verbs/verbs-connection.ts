@@ -2,6 +2,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import type { TandemError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Clock, TimerId } from '../../time/clock.js';
+import { assert } from '../../util/assert.js';
 import { ownerKey, type FabricConnection, type FabricWrite, type RegionDescriptor, type WriterIdentity } from '../fabric.js';
 import { Fifo } from '../tcp/fifo.js';
 import { ControlReader, controlVersion, encodeControl, receiverMessage, type ReceiverMessage, type WriterMessage } from './control-codec.js';
@@ -76,6 +77,7 @@ export class VerbsConnection implements FabricConnection, QueuePairHandler {
   private remote = { address: 0n, rkey: 0 };
   private readonly writes = new Map<number, PendingWrite>();
   private readonly ready = new Fifo<PendingWrite>();
+  /** Work requests posted and not yet completed, by work request id; never more than sendWrMax. */
   private readonly posted = new Map<number, PostedWr>();
   private nextSeq = 0;
   private nextWrId = 1;
@@ -104,6 +106,14 @@ export class VerbsConnection implements FabricConnection, QueuePairHandler {
     return this.qpn;
   }
 
+  /**
+   * Depth of the send queue: one work request per staging slot, plus one for a zero-length
+   * WRITE_WITH_IMM. Empty writes take no slot, so pump() bounds posts by this, not by the slots.
+   */
+  private get sendWrMax(): number {
+    return this.host.stagingSlots + 1;
+  }
+
   /** Creates the queue pair, exchanges addresses with the receiver and brings the pair to RTS. */
   open(): Promise<void> {
     const { clock, connectTimeoutMs, device, stagingSlots, sliceBytesMax } = this.host;
@@ -114,7 +124,7 @@ export class VerbsConnection implements FabricConnection, QueuePairHandler {
         this.shutDown(`got no answer within ${connectTimeoutMs} ms (connectTimeoutMs)`);
       }, connectTimeoutMs);
       try {
-        this.qpn = device.createQueuePair(this, stagingSlots + 1, 1);
+        this.qpn = device.createQueuePair(this, this.sendWrMax, 1);
         this.psn = this.host.nextPsn(this.qpn);
         this.staging = device.context.registerMemory(stagingSlots * sliceBytesMax);
       } catch (error) {
@@ -245,9 +255,11 @@ export class VerbsConnection implements FabricConnection, QueuePairHandler {
     }
   }
 
-  /** Posts granted writes' slices, in order, while staging slots are free. */
+  /** Posts granted writes' slices, in order, while staging slots and send queue entries are free. */
   private pump(): void {
     while (this.phase === 'open') {
+      // A full send queue would refuse the post (ENOMEM); completions free entries and pump again.
+      if (this.posted.size >= this.sendWrMax) return;
       const write = this.ready.peek();
       if (!write) return;
       if (!this.writes.has(write.seq)) {
@@ -286,6 +298,7 @@ export class VerbsConnection implements FabricConnection, QueuePairHandler {
     }
     write.outstanding++;
     this.posted.set(wrId, { write, slot });
+    assert(this.posted.size <= this.sendWrMax, `connection ${this.describe()} posted more work requests than its send queue holds`);
   }
 
   private settle(write: PendingWrite, error: TandemError): void {
@@ -349,7 +362,7 @@ export class VerbsConnection implements FabricConnection, QueuePairHandler {
     }
     this.posted.clear();
     if (this.qpn !== undefined) this.host.device.destroyQueuePair(this.qpn);
-    if (this.staging) this.host.device.context.deregisterMemory(this.staging.id);
+    if (this.staging) this.host.device.deregisterMemory(this.staging.id);
     this.socket?.destroy();
     this.host.outboundClosed(this);
   }

@@ -14,6 +14,7 @@ export interface QueuePairHandler {
 
 /** Options of a device attachment. */
 export interface VerbsDeviceOptions {
+  /** RDMA device to open, as `ibv_devices` lists it. */
   deviceName: string;
   /** Physical port, from 1. */
   port: number;
@@ -21,6 +22,7 @@ export interface VerbsDeviceOptions {
   gidIndex: number;
   /** Entries of the one completion queue every queue pair of the device shares. */
   completionQueueEntries: number;
+  /** Where port warnings, unhandled async events and teardown failures go. */
   log: Logger;
 }
 
@@ -92,13 +94,32 @@ export class VerbsDevice {
     this.context.modifyQueuePair(qpn, 'rts', { sqPsn: localPsn });
   }
 
-  /** Moves `qpn` to the error state (nothing more lands or leaves) and destroys it. */
+  /**
+   * Moves `qpn` to the error state (nothing more lands or leaves) and destroys it. Never throws:
+   * it runs from socket 'close' handlers and teardown paths whose bookkeeping must still happen,
+   * so a failure is logged (the device's close releases whatever is left).
+   */
   destroyQueuePair(qpn: number): void {
     if (!this.handlers.delete(qpn) || this.closed) return;
     try {
       this.context.modifyQueuePair(qpn, 'error');
-    } finally {
+    } catch (error) {
+      this.options.log.error('rdma queue pair cannot move to the error state', { device: this.options.deviceName, qpn, error: (error as Error).message });
+    }
+    try {
       this.context.destroyQueuePair(qpn);
+    } catch (error) {
+      this.options.log.error('rdma queue pair cannot be destroyed', { device: this.options.deviceName, qpn, error: (error as Error).message });
+    }
+  }
+
+  /** Deregisters memory registered with `context.registerMemory`; never throws, for the same reason as destroyQueuePair. */
+  deregisterMemory(id: number): void {
+    if (this.closed) return;
+    try {
+      this.context.deregisterMemory(id);
+    } catch (error) {
+      this.options.log.error('rdma memory cannot be deregistered', { device: this.options.deviceName, id, error: (error as Error).message });
     }
   }
 

@@ -30,6 +30,8 @@ export const verbsFabricDefaults = {
   writeTimeoutMs: 30_000,
   /** Write requests an inbound connection holds waiting for a free receive. */
   waitingWritesMax: 65_536,
+  /** Control sockets accepted and still waiting for their hello; more are closed on arrival. */
+  pendingHellosMax: 64,
   /** How long a failed queue pair's work requests may take to flush. */
   flushWaitMs: 1000,
   /** Physical port of the device. */
@@ -76,6 +78,10 @@ export interface VerbsFabricOptions {
   flushWaitMs?: number;
   /** See verbsFabricDefaults.writeTimeoutMs. */
   writeTimeoutMs?: number;
+  /** See verbsFabricDefaults.waitingWritesMax. */
+  waitingWritesMax?: number;
+  /** See verbsFabricDefaults.pendingHellosMax. */
+  pendingHellosMax?: number;
   /** Prefix of region ids; default port, process id, the clock's time and a per-process counter. */
   regionIdPrefix?: string;
 }
@@ -117,6 +123,7 @@ export class VerbsFabric implements Fabric {
   private readonly connectionHost: VerbsConnectionHost;
   private readonly inboundHost: VerbsInboundHost;
   private readonly connectionsMax: number;
+  private readonly pendingHellosMax: number;
   private endpointName = '';
   private regionIdPrefix = '';
   private regionSeq = 0;
@@ -124,6 +131,9 @@ export class VerbsFabric implements Fabric {
   private closed = false;
   private readonly regions = new Map<string, VerbsRegion>();
   private readonly outbound = new Set<VerbsConnection>();
+  /** Accepted control sockets whose hello has not yet been admitted: they hold no queue pair. */
+  private readonly awaitingHello = new Set<VerbsInbound>();
+  /** Handshaken inbound connections, each holding a queue pair on the shared completion queue. */
   private readonly inbound = new Set<VerbsInbound>();
   private readonly writers = new WriterPresence();
 
@@ -144,6 +154,10 @@ export class VerbsFabric implements Fabric {
     // Every queue pair shares the one completion queue; it must hold all their work requests at once.
     this.connectionsMax = Math.floor(completionQueueEntries / (stagingSlots + recvWrMax + 2));
     assert(this.connectionsMax > 0, 'completionQueueEntries holds at least one connection');
+    this.pendingHellosMax = options.pendingHellosMax ?? d.pendingHellosMax;
+    assert(Number.isInteger(this.pendingHellosMax) && this.pendingHellosMax > 0, 'pendingHellosMax is a positive integer');
+    const waitingWritesMax = options.waitingWritesMax ?? d.waitingWritesMax;
+    assert(Number.isInteger(waitingWritesMax) && waitingWritesMax > 0, 'waitingWritesMax is a positive integer');
     this.device = new VerbsDevice(addon, { deviceName, port: options.rdmaPort ?? d.port, gidIndex: options.gidIndex ?? d.gidIndex, completionQueueEntries, log: this.log });
     const random = options.random;
     const nextPsn = (qpn: number): number => (random ? random.uint32() : Math.imul(qpn, 0x9e3779b1) >>> 0) & 0xffffff;
@@ -166,7 +180,7 @@ export class VerbsFabric implements Fabric {
       device: this.device,
       connectTimeoutMs: options.connectTimeoutMs,
       recvWrMax,
-      waitingWritesMax: d.waitingWritesMax,
+      waitingWritesMax,
       nextPsn,
       admit: (hello) => this.admit(hello),
       opened: (inbound) => this.inboundOpened(inbound),
@@ -248,14 +262,14 @@ export class VerbsFabric implements Fabric {
     this.closed = true;
     this.writers.clear();
     for (const connection of [...this.outbound]) connection.close();
-    for (const inbound of [...this.inbound]) inbound.destroy('the fabric is closing');
+    for (const inbound of [...this.inbound, ...this.awaitingHello]) inbound.destroy('the fabric is closing');
     if (this.server.listening) await new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.device.close();
   }
 
-  /** The open outbound connections and inbound peers, for tests and inspection. */
-  connections(): { outbound: readonly VerbsConnection[]; inbound: readonly VerbsInbound[] } {
-    return { outbound: [...this.outbound], inbound: [...this.inbound] };
+  /** The open outbound connections and handshaken inbound peers, for tests and inspection. */
+  connections(): { outbound: readonly VerbsConnection[]; inbound: readonly VerbsInbound[]; awaitingHello: number } {
+    return { outbound: [...this.outbound], inbound: [...this.inbound], awaitingHello: this.awaitingHello.size };
   }
 
   private warnOnMemlock(byteLength: number): void {
@@ -272,11 +286,14 @@ export class VerbsFabric implements Fabric {
     if (this.closed) return 'the fabric is closing';
     const region = admitRegion(this.regions, hello, this.endpointName);
     if (typeof region === 'string') return region;
-    if (this.outbound.size + this.inbound.size > this.connectionsMax) return `${this.connectionsMax} connections already share the completion queue`;
+    // Only handshaken connections hold queue pairs; the one asking is not yet among them.
+    if (this.outbound.size + this.inbound.size >= this.connectionsMax) return `${this.connectionsMax} connections already share the completion queue`;
     return region;
   }
 
   private inboundOpened(inbound: VerbsInbound): void {
+    assert(this.awaitingHello.delete(inbound), 'an inbound connection opens once, after waiting for its hello');
+    this.inbound.add(inbound);
     this.writers.opened(inbound.writer!);
   }
 
@@ -285,6 +302,7 @@ export class VerbsFabric implements Fabric {
    * it when it was the writer's last connection here: until then its rooms may still be written.
    */
   private inboundClosed(inbound: VerbsInbound): void {
+    this.awaitingHello.delete(inbound);
     if (!this.inbound.delete(inbound) || !inbound.writer || this.closed) return;
     this.writers.closed(inbound.writer);
   }
@@ -294,7 +312,14 @@ export class VerbsFabric implements Fabric {
       socket.destroy();
       return;
     }
-    this.inbound.add(new VerbsInbound(this.inboundHost, socket));
+    // Sockets that never say hello (port scans, health checks) are bounded here and by the hello
+    // deadline (connectTimeoutMs), and never count against the completion queue's connections.
+    if (this.awaitingHello.size >= this.pendingHellosMax) {
+      this.log.warn('verbs fabric refused a control connection: too many wait for their hello (pendingHellosMax)', { endpoint: this.endpointName, pendingHellosMax: this.pendingHellosMax });
+      socket.destroy();
+      return;
+    }
+    this.awaitingHello.add(new VerbsInbound(this.inboundHost, socket));
   }
 }
 
