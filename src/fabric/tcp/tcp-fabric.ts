@@ -9,6 +9,7 @@ import { TcpConnection } from './tcp-connection.js';
 import { TcpInbound, type InboundHost } from './tcp-inbound.js';
 import { TcpRegion } from './tcp-region.js';
 import { admitRegion, WriterPresence } from '../writer-presence.js';
+import { listenFabric, parseEndpoint, regionIdPrefix } from '../fabric-endpoint.js';
 
 /** Defaults of the TCP fabric's limits; each can be overridden in TcpFabricOptions. */
 export const tcpFabricDefaults = {
@@ -117,23 +118,11 @@ export class TcpFabric implements Fabric {
 
   /** Starts listening; createTcpFabric calls it. */
   async listen(): Promise<void> {
-    const { host, port = 0 } = this.options;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (error: Error): void => reject(new TandemError(ErrorCode.TransferFailed, `tcp fabric cannot listen on ${host}:${port}: ${error.message}`, { cause: error }));
-      this.server.once('error', onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off('error', onError);
-        resolve();
-      });
-    });
-    this.server.on('error', (error) => this.log.error('tcp fabric server error', { endpoint: this.endpointName, error: error.message }));
-    const address = this.server.address();
-    assert(address !== null && typeof address === 'object', 'a listening TCP server has an address');
-    this.endpointName = formatEndpoint(this.options.advertiseHost ?? host, address.port);
-    // Port, process, time and a per-process sequence: a restarted worker on the same port differs in pid or time.
-    this.regionIdPrefix =
-      this.options.regionIdPrefix ?? [address.port, process.pid, Math.floor(this.clock.now()), ++fabricSeq].map((n) => n.toString(36)).join('.');
+    const { endpoint, port } = await listenFabric(this.server, { ...this.options, kind: 'tcp fabric', log: this.log });
+    this.endpointName = endpoint;
+    this.regionIdPrefix = this.options.regionIdPrefix ?? regionIdPrefix(port, this.clock);
   }
+
 
   registerRegion(options: { pageBytes: number; pageCount: number }): TcpRegion {
     assert(!this.closed, `tcp fabric ${this.endpointName} registers a region after close`);
@@ -214,24 +203,7 @@ export class TcpFabric implements Fabric {
   }
 }
 
-/** Fabrics created by this process, so two on one port in one millisecond still get distinct region ids. */
-let fabricSeq = 0;
-
 function fitsHello(id: string): boolean {
   const bytes = Buffer.byteLength(id, 'utf8');
   return bytes > 0 && bytes <= helloIdBytesMax;
-}
-
-/** `host:port`, with an IPv6 host in brackets. */
-export function formatEndpoint(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-/** Splits `host:port` or `[v6]:port`; undefined when it is neither. */
-export function parseEndpoint(endpoint: string): { host: string; port: number } | undefined {
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(endpoint);
-  if (!match) return undefined;
-  const port = Number(match[3]);
-  if (port < 1 || port > 65_535) return undefined;
-  return { host: (match[1] ?? match[2])!, port };
 }

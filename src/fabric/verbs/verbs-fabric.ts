@@ -5,7 +5,7 @@ import type { Random } from '../../random/random.js';
 import type { Clock } from '../../time/clock.js';
 import { assert } from '../../util/assert.js';
 import type { Fabric, FabricConnection, RegionDescriptor, WriterIdentity } from '../fabric.js';
-import { formatEndpoint, parseEndpoint } from '../tcp/tcp-fabric.js';
+import { listenFabric, parseEndpoint, regionIdPrefix } from '../fabric-endpoint.js';
 import type { Hello } from './control-codec.js';
 import { verbsAvailability, type VerbsAddon } from './verbs-addon.js';
 import { VerbsConnection, type VerbsConnectionHost } from './verbs-connection.js';
@@ -196,22 +196,11 @@ export class VerbsFabric implements Fabric {
 
   /** Starts listening; createVerbsFabric calls it. */
   async listen(): Promise<void> {
-    const { host, port = 0 } = this.options;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (error: Error): void => reject(new TandemError(ErrorCode.TransferFailed, `verbs fabric cannot listen on ${host}:${port}: ${error.message}`, { cause: error }));
-      this.server.once('error', onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off('error', onError);
-        resolve();
-      });
-    });
-    this.server.on('error', (error) => this.log.error('verbs fabric server error', { endpoint: this.endpointName, error: error.message }));
-    const address = this.server.address();
-    assert(address !== null && typeof address === 'object', 'a listening TCP server has an address');
-    this.endpointName = formatEndpoint(this.options.advertiseHost ?? host, address.port);
-    this.regionIdPrefix =
-      this.options.regionIdPrefix ?? ['v', address.port, process.pid, Math.floor(this.options.clock.now()), ++fabricSeq].map((n) => (typeof n === 'number' ? n.toString(36) : n)).join('.');
+    const { endpoint, port } = await listenFabric(this.server, { ...this.options, kind: 'verbs fabric', log: this.log });
+    this.endpointName = endpoint;
+    this.regionIdPrefix = this.options.regionIdPrefix ?? regionIdPrefix(port, this.options.clock, 'v');
   }
+
 
   registerRegion(options: { pageBytes: number; pageCount: number }): VerbsRegion {
     assert(!this.closed, `verbs fabric ${this.endpointName} registers a region after close`);
@@ -323,6 +312,4 @@ export class VerbsFabric implements Fabric {
   }
 }
 
-/** Fabrics created by this process, so two on one port in one millisecond still get distinct region ids. */
-let fabricSeq = 0;
 
