@@ -10,10 +10,10 @@ import { encodeHello, encodeHelloReply, encodeWriteHeader, frameMagic, protocolV
 import { parseEndpoint } from '../src/fabric/fabric-endpoint.js';
 import { createTcpFabric, type TcpFabric, type TcpFabricOptions } from '../src/fabric/tcp/tcp-fabric.js';
 import type { TcpRegion } from '../src/fabric/tcp/tcp-region.js';
-import type { LogFields, Logger } from '../src/log.js';
 import { realClock } from '../src/time/real-clock.js';
 import { fabricConformance } from './fabric-conformance.js';
 import { waitFor } from './helpers/deferred.js';
+import { recordingLogger, transferFailed } from './helpers/fabric-test-helpers.js';
 
 const writer: WriterIdentity = { instanceId: 'prefill-a', epoch: 1 };
 
@@ -39,30 +39,6 @@ fabricConformance('tcp, two fabrics on 127.0.0.1', async () => {
     },
   };
 });
-
-/** A logger that keeps its warnings, to see why a connection was closed. */
-function recordingLogger(): Logger & { warnings: string[] } {
-  const warnings: string[] = [];
-  const logger: Logger & { warnings: string[] } = {
-    warnings,
-    debug: () => {},
-    info: () => {},
-    warn: (message: string, fields?: LogFields) => void warnings.push(`${message} ${JSON.stringify(fields ?? {})}`),
-    error: (message: string, fields?: LogFields) => void warnings.push(`${message} ${JSON.stringify(fields ?? {})}`),
-    child: () => logger,
-  };
-  return logger;
-}
-
-async function transferFailed(promise: Promise<unknown>): Promise<TandemError> {
-  const error = await promise.then(
-    () => undefined,
-    (reason: unknown) => reason,
-  );
-  expect(error).toBeInstanceOf(TandemError);
-  expect((error as TandemError).code).toBe(ErrorCode.TransferFailed);
-  return error as TandemError;
-}
 
 /** A raw socket to a fabric's endpoint, for speaking the protocol badly on purpose. */
 async function rawSocket(descriptor: RegionDescriptor): Promise<Socket & { closedPromise: Promise<void>; received: Buffer[] }> {

@@ -4,7 +4,7 @@
 // completions and async events) against a stand-in for the hardware; it says so in its output.
 import { connect as netConnect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ErrorCode, TandemError } from '../src/errors.js';
+import { TandemError } from '../src/errors.js';
 import { ownerKey, type WriterIdentity } from '../src/fabric/fabric.js';
 import { fakeVerbsLibraryPath, verbsAvailability } from '../src/fabric/verbs/verbs-addon.js';
 import type { VerbsConnection } from '../src/fabric/verbs/verbs-connection.js';
@@ -15,6 +15,7 @@ import { realClock } from '../src/time/real-clock.js';
 import { VirtualClock } from '../src/time/virtual-clock.js';
 import { fabricConformance } from './fabric-conformance.js';
 import { waitFor } from './helpers/deferred.js';
+import { recordingLogger, transferFailed } from './helpers/fabric-test-helpers.js';
 
 const fake = verbsAvailability(fakeVerbsLibraryPath);
 const fakeMissing = fake.reason !== 'ok' ? `the fake verbs library is not usable (${fake.reason}: ${fake.message})` : undefined;
@@ -74,28 +75,6 @@ async function idleSocket(endpoint: string): Promise<Socket> {
   return socket;
 }
 
-/** A logger that keeps its error lines. */
-function errorLog(errors: string[]): Logger {
-  const log: Logger = {
-    debug: () => {},
-    info: () => {},
-    warn: () => {},
-    error: (message: string, fields?: LogFields) => void errors.push(`${message} ${JSON.stringify(fields ?? {})}`),
-    child: () => log,
-  };
-  return log;
-}
-
-async function failure(promise: Promise<unknown>): Promise<TandemError> {
-  const error = await promise.then(
-    () => undefined,
-    (reason: unknown) => reason,
-  );
-  expect(error).toBeInstanceOf(TandemError);
-  expect((error as TandemError).code).toBe(ErrorCode.TransferFailed);
-  return error as TandemError;
-}
-
 function verbsCause(error: TandemError): VerbsError {
   expect(error.cause).toBeInstanceOf(VerbsError);
   return error.cause as VerbsError;
@@ -141,14 +120,14 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     const { region, connection, peerClosed } = await pair();
     region.claim([0], ownerKey(writer, 1));
     fake.addon!.fakeControl('fail_next_send', WcStatus.RemoteAccessError);
-    const error = await failure(connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes).fill(1), final: true }));
+    const error = await transferFailed(connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes).fill(1), final: true }));
     const cause = verbsCause(error);
     expect(cause).toMatchObject({ kind: 'completion', status: WcStatus.RemoteAccessError, statusName: 'remote access error' });
     expect(error.message).toContain('remote access error');
     await waitFor(() => connection.closed && peerClosed.length === 1, 5000, 'connection teardown');
     expect(peerClosed).toEqual([writer]);
     expect(region.poll(ownerKey(writer, 1))).toBeUndefined();
-    await failure(connection.write({ room: 1, pages: [0], data: new Uint8Array(8), final: true }));
+    await transferFailed(connection.write({ room: 1, pages: [0], data: new Uint8Array(8), final: true }));
   });
 
   it('fails the writes posted after a first error with flush errors that name the first one', async () => {
@@ -157,8 +136,8 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     fake.addon!.fakeControl('fail_next_send', WcStatus.RetryExceeded);
     const first = connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes).fill(1), final: false });
     const second = connection.write({ room: 1, pages: [1], data: new Uint8Array(pageBytes).fill(2), final: true });
-    const firstError = await failure(first);
-    const secondError = await failure(second);
+    const firstError = await transferFailed(first);
+    const secondError = await transferFailed(second);
     expect(verbsCause(firstError)).toMatchObject({ kind: 'completion', status: WcStatus.RetryExceeded });
     const flushed = verbsCause(secondError);
     expect(flushed).toMatchObject({ kind: 'flushed', status: WcStatus.WrFlushError });
@@ -171,7 +150,7 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     region.claim([0], ownerKey(writer, 1));
     const pending = connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes), final: true });
     expect(fake.addon!.fakeControl('qp_fatal', connection.queuePairNumber!)).toBe(0);
-    const error = await failure(pending);
+    const error = await transferFailed(pending);
     expect(verbsCause(error)).toMatchObject({ kind: 'async_event', statusName: 'local work queue catastrophic error' });
     expect(connection.closed).toBe(true);
     await waitFor(() => peerClosed.length === 1, 5000, 'peer closed');
@@ -182,7 +161,7 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     region.claim([0], ownerKey(writer, 1));
     const pending = connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes), final: true });
     fake.addon!.fakeControl('qp_fatal', inbound.queuePairNumber!);
-    const error = await failure(pending);
+    const error = await transferFailed(pending);
     expect(error.message).toMatch(/closed by the receiver|failed/);
     await waitFor(() => connection.closed && peerClosed.length === 1, 5000, 'teardown');
   });
@@ -201,7 +180,7 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     clock.advance(499);
     expect(connection.closed).toBe(false);
     clock.advance(1);
-    const error = await failure(pending);
+    const error = await transferFailed(pending);
     expect(error.message).toContain('writeTimeoutMs');
     expect(connection.closed).toBe(true);
   });
@@ -221,7 +200,7 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     expect(receiver.connections().inbound).toHaveLength(2);
     const third = await fakeFabric(options);
     fabrics.push(third);
-    const error = await failure(third.connect(region.descriptor, { instanceId: 'prefill-c', epoch: 1 }));
+    const error = await transferFailed(third.connect(region.descriptor, { instanceId: 'prefill-c', epoch: 1 }));
     expect(error.message).toContain('completion queue');
     for (const socket of idle) socket.destroy();
   });
@@ -247,8 +226,9 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
   });
 
   it('still closes the connection and tells listeners the writer left when the queue pair cannot be torn down', async () => {
-    const errors: string[] = [];
-    const receiver = await fakeFabric({ log: errorLog(errors) });
+    const log = recordingLogger();
+    const errors = log.errors;
+    const receiver = await fakeFabric({ log });
     const sender = await fakeFabric();
     fabrics.push(sender, receiver);
     const region = receiver.registerRegion({ pageBytes, pageCount: 2 });
@@ -302,7 +282,7 @@ describe.skipIf(fakeMissing !== undefined)('verbs fabric connections and failure
     region.claim([0], ownerKey(writer, 1));
     const pending = connection.write({ room: 1, pages: [0], data: new Uint8Array(pageBytes), final: true });
     fake.addon!.fakeControl('port_error', 1);
-    const error = await failure(pending);
+    const error = await transferFailed(pending);
     expect(verbsCause(error)).toMatchObject({ kind: 'async_event', statusName: 'port error' });
     expect(connection.closed).toBe(true);
   });
