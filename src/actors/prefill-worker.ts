@@ -46,6 +46,8 @@ export interface PrefillWorkerStats {
   refused: number;
   /** Fabric connections open to decode workers. */
   connections: number;
+  /** Blocks in the engine's prefix cache (0 for an engine without one). */
+  prefixCacheBlocks: number;
 }
 
 /** Rooms remembered after they end, so a repeated release is acknowledged instead of refused. */
@@ -152,6 +154,7 @@ export class PrefillWorker {
       retired: { released: this.counters.released, expired: this.counters.expired, failed: this.counters.failed },
       refused: this.counters.refused,
       connections: this.links.size,
+      prefixCacheBlocks: this.options.engine.kvSnapshot?.().blocks.length ?? 0,
     };
   }
 
