@@ -1,6 +1,7 @@
 import { ErrorCode, TandemError } from '../../errors.js';
-import type { Clock, TimerId } from '../../time/clock.js';
+import type { Clock } from '../../time/clock.js';
 import type { Discovery, DiscoveryEvent, WorkerRecord, WorkerRole } from '../discovery.js';
+import { DiscoveryWatchers } from '../discovery-watchers.js';
 
 /** Options of a MemoryDiscovery. */
 export interface MemoryDiscoveryOptions {
@@ -14,13 +15,8 @@ export interface MemoryDiscoveryOptions {
 export interface MemoryDiscoveryStats {
   recordCount: number;
   watcherCount: number;
-  /** Notifications armed on the clock and not yet delivered. */
+  /** Changes not yet delivered to watchers. */
   pendingNotificationCount: number;
-}
-
-interface Watcher {
-  readonly fn: (event: DiscoveryEvent) => void;
-  active: boolean;
 }
 
 /**
@@ -35,15 +31,19 @@ interface Watcher {
  */
 export class MemoryDiscovery implements Discovery {
   private readonly clock: Clock;
-  private readonly onWatcherError: ((error: unknown) => void) | undefined;
   private readonly records = new Map<string, WorkerRecord>();
-  private readonly watchers = new Set<Watcher>();
-  private readonly notifications = new Set<TimerId>();
+  private readonly watchers: DiscoveryWatchers;
   private closed = false;
 
   constructor(options: MemoryDiscoveryOptions) {
     this.clock = options.clock;
-    this.onWatcherError = options.onWatcherError;
+    this.watchers = new DiscoveryWatchers(options.clock, (error) => {
+      try {
+        options.onWatcherError?.(error);
+      } catch {
+        // The error sink itself failed; the remaining watchers are still told.
+      }
+    });
   }
 
   /** Counts for leak checks. */
@@ -51,7 +51,7 @@ export class MemoryDiscovery implements Discovery {
     return {
       recordCount: this.records.size,
       watcherCount: this.watchers.size,
-      pendingNotificationCount: this.notifications.size,
+      pendingNotificationCount: this.watchers.pendingCount,
     };
   }
 
@@ -59,7 +59,7 @@ export class MemoryDiscovery implements Discovery {
     if (this.closed) throw closedError();
     const stored = structuredClone(record);
     this.records.set(stored.instanceId, stored);
-    this.notify({ type: 'added', record: stored });
+    this.watchers.notify({ type: 'added', record: stored });
   }
 
   async deregister(instanceId: string): Promise<void> {
@@ -67,7 +67,7 @@ export class MemoryDiscovery implements Discovery {
     const record = this.records.get(instanceId);
     if (!record) return;
     this.records.delete(instanceId);
-    this.notify({ type: 'removed', record });
+    this.watchers.notify({ type: 'removed', record });
   }
 
   list(role?: WorkerRole): WorkerRecord[] {
@@ -77,49 +77,17 @@ export class MemoryDiscovery implements Discovery {
 
   watch(fn: (event: DiscoveryEvent) => void): () => void {
     if (this.closed) return () => undefined;
-    const watcher: Watcher = { fn, active: true };
-    this.watchers.add(watcher);
-    return () => {
-      watcher.active = false;
-      this.watchers.delete(watcher);
-    };
+    return this.watchers.add(fn);
   }
+
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const watcher of this.watchers) watcher.active = false;
-    this.watchers.clear();
-    for (const id of this.notifications) this.clock.clearTimeout(id);
-    this.notifications.clear();
+    this.watchers.close();
     this.records.clear();
   }
 
-  /** Tells the watchers of this moment, one turn later, each with its own copy of the record. */
-  private notify(event: DiscoveryEvent): void {
-    const audience = [...this.watchers];
-    if (audience.length === 0) return;
-    const id = this.clock.setTimeout(() => {
-      this.notifications.delete(id);
-      for (const watcher of audience) {
-        if (!watcher.active) continue;
-        try {
-          watcher.fn({ type: event.type, record: structuredClone(event.record) });
-        } catch (error) {
-          this.reportWatcherError(error);
-        }
-      }
-    }, 0);
-    this.notifications.add(id);
-  }
-
-  private reportWatcherError(error: unknown): void {
-    try {
-      this.onWatcherError?.(error);
-    } catch {
-      // The error sink itself failed; the remaining watchers are still told.
-    }
-  }
 }
 
 function closedError(): TandemError {

@@ -6,6 +6,7 @@ import { silentLogger, type Logger } from '../../log.js';
 import type { Clock, TimerId } from '../../time/clock.js';
 import { assert } from '../../util/assert.js';
 import type { Discovery, DiscoveryEvent, WorkerRecord, WorkerRole } from '../discovery.js';
+import { DiscoveryWatchers } from '../discovery-watchers.js';
 import { WorkerCache } from './worker-cache.js';
 import { decodeEntry, encodeEntry, keyFor } from './worker-entry.js';
 
@@ -80,11 +81,6 @@ interface Registration {
   failing: boolean;
 }
 
-interface Watcher {
-  readonly fn: (event: DiscoveryEvent) => void;
-  active: boolean;
-}
-
 type StatusIterable = AsyncIterable<Status> & { stop?: () => void };
 
 /**
@@ -124,9 +120,7 @@ export class NatsKvDiscovery implements Discovery {
   private readonly storage: StorageType;
   private readonly cache: WorkerCache;
   private readonly registrations = new Map<string, Registration>();
-  private readonly watchers = new Set<Watcher>();
-  private pendingEvents: { event: DiscoveryEvent; audience: Watcher[] }[] = [];
-  private flushTimer: TimerId | undefined;
+  private readonly watchers: DiscoveryWatchers;
   private sweepTimer: TimerId | undefined;
   private retryTimer: TimerId | undefined;
   private kv: KV | undefined;
@@ -173,6 +167,7 @@ export class NatsKvDiscovery implements Discovery {
     this.clock = options.clock;
     this.log = (options.log ?? silentLogger).child({ component: 'nats-kv-discovery' });
     this.onWatcherError = options.onWatcherError;
+    this.watchers = new DiscoveryWatchers(options.clock, (error) => this.reportWatcherError(error));
     this.bucket = options.bucket ?? defaults.bucket;
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? defaults.heartbeatIntervalMs;
     const staleAfterMs = options.staleAfterMs ?? defaults.staleAfterHeartbeats * this.heartbeatIntervalMs;
@@ -201,7 +196,7 @@ export class NatsKvDiscovery implements Discovery {
       cachedKeyCount: this.cache.size,
       registrationCount: this.registrations.size,
       watcherCount: this.watchers.size,
-      pendingNotificationCount: this.pendingEvents.length,
+      pendingNotificationCount: this.watchers.pendingCount,
     };
   }
 
@@ -246,22 +241,16 @@ export class NatsKvDiscovery implements Discovery {
 
   watch(fn: (event: DiscoveryEvent) => void): () => void {
     if (this.closed) return () => undefined;
-    const watcher: Watcher = { fn, active: true };
-    this.watchers.add(watcher);
-    return () => {
-      watcher.active = false;
-      this.watchers.delete(watcher);
-    };
+    return this.watchers.add(fn);
   }
+
 
   /** Stops heartbeats, the watcher and the sweep; deletes this instance's own keys (best effort); closes the connection if it owns it. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const id of [this.sweepTimer, this.retryTimer, this.flushTimer]) this.clock.clearTimeout(id);
-    for (const watcher of this.watchers) watcher.active = false;
-    this.watchers.clear();
-    this.pendingEvents = [];
+    for (const id of [this.sweepTimer, this.retryTimer]) this.clock.clearTimeout(id);
+    this.watchers.close();
     const own = [...this.registrations.values()];
     for (const registration of own) this.clock.clearTimeout(registration.timer);
     this.registrations.clear();
@@ -496,25 +485,9 @@ export class NatsKvDiscovery implements Discovery {
 
   /** Queues a change for the watchers of this moment; one clock turn later they hear of it. */
   private enqueue(event: DiscoveryEvent): void {
-    if (this.closed || this.watchers.size === 0) return;
-    this.pendingEvents.push({ event, audience: [...this.watchers] });
-    if (this.flushTimer !== undefined) return;
-    this.flushTimer = this.clock.setTimeout(() => {
-      this.flushTimer = undefined;
-      const pending = this.pendingEvents;
-      this.pendingEvents = [];
-      for (const { event: change, audience } of pending) {
-        for (const watcher of audience) {
-          if (!watcher.active) continue;
-          try {
-            watcher.fn({ type: change.type, record: structuredClone(change.record) });
-          } catch (error) {
-            this.reportWatcherError(error);
-          }
-        }
-      }
-    }, 0);
+    if (!this.closed) this.watchers.notify(event);
   }
+
 
   private reportWatcherError(error: unknown): void {
     if (!this.onWatcherError) {
