@@ -1,5 +1,6 @@
 import { ErrorCode, TandemError } from '../errors.js';
 import { assert } from '../util/assert.js';
+import { fmix32 } from '../util/fmix32.js';
 
 /**
  * The stamp prefill puts in front of the KV bytes it writes into decode's pages, so decode can
@@ -172,13 +173,7 @@ function murmur3(bytes: Uint8Array, seed: number): number {
   let tail = 0;
   for (let i = bytes.byteLength - 1; i >= wordsEnd; i--) tail = (tail << 8) | bytes[i]!;
   if (bytes.byteLength > wordsEnd) h ^= mixWord(tail);
-  h ^= bytes.byteLength;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h ^ bytes.byteLength);
 }
 
 function mixWord(word: number): number {

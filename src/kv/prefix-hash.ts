@@ -1,4 +1,5 @@
 import { assert } from '../util/assert.js';
+import { fmix32 } from '../util/fmix32.js';
 
 /**
  * A chained hash of one full block of tokens: 16 lowercase hex digits, two 32-bit lanes.
@@ -16,15 +17,6 @@ export const defaultBlockTokens = 16;
 const rootLaneA = 0x811c9dc5;
 const rootLaneB = 0x9e3779b9;
 
-/** murmur3's 32-bit finaliser: spreads every input bit over the whole word. */
-function mix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 function hex8(n: number): string {
   return (n >>> 0).toString(16).padStart(8, '0');
@@ -43,8 +35,8 @@ export function blockHashes(tokens: readonly number[], blockTokens: number = def
   let b = rootLaneB;
   for (let block = 0; block < blockCount; block++) {
     // Each lane starts from the parent's two lanes, so the chain carries the whole prefix.
-    let la = mix32(a ^ Math.imul(b, 0x27d4eb2f));
-    let lb = mix32(b ^ Math.imul(a, 0x165667b1));
+    let la = fmix32(a ^ Math.imul(b, 0x27d4eb2f));
+    let lb = fmix32(b ^ Math.imul(a, 0x165667b1));
     for (let i = block * blockTokens; i < (block + 1) * blockTokens; i++) {
       const token = tokens[i]!;
       assert(Number.isInteger(token) && token >= 0 && token <= 0xffffffff, `token ${token} is not a u32`);
@@ -53,8 +45,8 @@ export function blockHashes(tokens: readonly number[], blockTokens: number = def
       lb = Math.imul((lb + token) >>> 0, 0x5bd1e995) >>> 0;
       lb ^= lb >>> 15;
     }
-    a = mix32(la ^ blockTokens);
-    b = mix32(lb + Math.imul(block + 1, 0x9e3779b1));
+    a = fmix32(la ^ blockTokens);
+    b = fmix32(lb + Math.imul(block + 1, 0x9e3779b1));
     hashes.push(hex8(a) + hex8(b));
   }
   return hashes;

@@ -1,3 +1,5 @@
+import { fmix32 } from '../../util/fmix32.js';
+
 /**
  * Small integer hashes for the sim engine. Everything here is a bijection in its first argument
  * where noted, so a chain of them never merges two different histories into one state.
@@ -5,13 +7,7 @@
 
 /** Mixes `value` into `state`; for a fixed `value` it is a bijection on 32-bit states. */
 export function mix32(state: number, value: number): number {
-  let h = Math.imul((state ^ value) >>> 0, 0x9e3779b1);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(Math.imul((state ^ value) >>> 0, 0x9e3779b1));
 }
 
 /**
