@@ -73,8 +73,8 @@ export class TandemError extends Error {
     return { code: this.code, message: this.message };
   }
 
-  static fromWire(wire: WireError): TandemError {
-    const code = knownCodes.has(wire.code) ? wire.code : ErrorCode.Internal;
+  static fromWire(wire: { code: string; message: string }): TandemError {
+    const code = isErrorCode(wire.code) ? wire.code : ErrorCode.Internal;
     return new TandemError(code, wire.message);
   }
 

@@ -1,6 +1,6 @@
 import { createActor, fromPromise, type AnyActorRef } from 'xstate';
 import type { DecodeSequence, SamplingParams } from '../engine/engine.js';
-import { ErrorCode, TandemError, type WireError } from '../errors.js';
+import { ErrorCode, TandemError } from '../errors.js';
 import { ownerKey, type Region } from '../fabric/fabric.js';
 import { decodeKvPayload, kvPayloadBytes } from '../kv/kv-payload.js';
 import { pagesFor, type PagePool } from '../kv/page-pool.js';
@@ -190,7 +190,7 @@ export class DecodeRequest {
     // The request is not aborted with the machine: prefill may already be granting the room, and a
     // grant nobody receives would stay reserved until it expires. A late grant is handed back below.
     const reply = decode(await this.deps.transport.request(subjects.bootstrap(candidate.subjectPrefix), request, { timeoutMs, headers: traceHeaders(this.body.traceparent) }), 'bootstrap_grant', 'error');
-    if (reply.t === 'error') throw wireToError(reply.error);
+    if (reply.t === 'error') throw TandemError.fromWire(reply.error);
     if (reply.prefill_id !== candidate.instanceId || reply.request_id !== this.requestId) {
       throw new TandemError(ErrorCode.InvalidMessage, `bootstrap grant from ${reply.prefill_id} for ${reply.request_id} does not match the request`);
     }
@@ -231,7 +231,7 @@ export class DecodeRequest {
       throw error;
     }
     const reply = decode(answer, 'prefill_started', 'error');
-    if (reply.t === 'error') throw wireToError(reply.error);
+    if (reply.t === 'error') throw TandemError.fromWire(reply.error);
   }
 
   /** Resolves when the room's final write has landed in this worker's region. */
@@ -395,9 +395,5 @@ export function localLogic(requestOf: (requestId: string) => DecodeRequest) {
       releaseResources: (_, { context }) => requestOf(context.requestId).releaseLocal(),
     },
   });
-}
-
-function wireToError(error: { code: string; message: string }): TandemError {
-  return TandemError.fromWire(error as WireError);
 }
 

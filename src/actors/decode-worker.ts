@@ -161,17 +161,26 @@ export class DecodeWorker {
    * what is in flight finish for up to `timeoutMs`, then stops.
    */
   async drain(timeoutMs: number): Promise<void> {
-    this.accepting = false;
-    await this.options.discovery.deregister(this.options.instanceId);
+    await this.leave();
     await waitUntil(this.options.clock, () => this.requests.size === 0, timeoutMs);
     this.options.log.info('drained', { worker: this.options.instanceId, leftInFlight: this.requests.size });
-    await this.stop();
+    this.halt();
   }
 
   /** Stops taking work, cancels what is in flight, and leaves discovery. */
   async stop(): Promise<void> {
+    await this.leave();
+    this.halt();
+  }
+
+  /** Refuses new work and leaves discovery. */
+  private async leave(): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);
+  }
+
+  /** Unsubscribes and cancels what is in flight. */
+  private halt(): void {
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     for (const request of [...this.requests.values()]) request.cancel();
     this.batcher.stop();

@@ -110,17 +110,26 @@ export class PrefillWorker {
    * what is in flight finish for up to `timeoutMs`, then stops.
    */
   async drain(timeoutMs: number): Promise<void> {
-    this.accepting = false;
-    await this.options.discovery.deregister(this.options.instanceId);
+    await this.leave();
     await waitUntil(this.options.clock, () => this.rooms.size === 0, timeoutMs);
     this.options.log.info('drained', { worker: this.options.instanceId, leftInFlight: this.rooms.size });
-    await this.stop();
+    this.halt();
   }
 
   /** Stops granting rooms, leaves discovery, and tears down fabric connections. */
   async stop(): Promise<void> {
+    await this.leave();
+    this.halt();
+  }
+
+  /** Refuses new work and leaves discovery. */
+  private async leave(): Promise<void> {
     this.accepting = false;
     await this.options.discovery.deregister(this.options.instanceId);
+  }
+
+  /** Unsubscribes, stops the rooms and closes the fabric connections. */
+  private halt(): void {
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     for (const room of [...this.rooms.values()]) room.stop();
     this.links.closeAll();
@@ -154,7 +163,7 @@ export class PrefillWorker {
       retired: { released: this.counters.released, expired: this.counters.expired, failed: this.counters.failed },
       refused: this.counters.refused,
       connections: this.links.size,
-      prefixCacheBlocks: this.options.engine.kvSnapshot?.().blocks.length ?? 0,
+      prefixCacheBlocks: this.options.engine.kvBlockCount?.() ?? 0,
     };
   }
 

@@ -138,7 +138,7 @@ export class RoomFence {
       'release_ack',
       'error',
     );
-    if (reply.t === 'error') throw TandemError.fromWire({ code: reply.error.code as ErrorCode, message: reply.error.message });
+    if (reply.t === 'error') throw TandemError.fromWire(reply.error);
     if (reply.room !== grant.room || reply.epoch !== grant.epoch || reply.prefill_id !== grant.prefillId) {
       throw new TandemError(ErrorCode.InvalidMessage, `release acknowledgement names another room (${reply.prefill_id}/${reply.epoch}/${reply.room})`);
     }

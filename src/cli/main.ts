@@ -11,16 +11,8 @@ import { createCluster, type Cluster, type ClusterConfig } from '../runtime/clus
 import type { LlamaClusterConfig } from '../runtime/engine-factory.js';
 import { natsBackends, type NatsSettings } from '../runtime/nats-backends.js';
 import { realClock, realSeed } from '../time/real-clock.js';
-import { registerSimulateCommand } from './simulate-command.js';
+import { integer, registerSimulateCommand } from './simulate-command.js';
 import { registerVizCommands, traceConfig } from './viz-commands.js';
-
-function integer(min: number) {
-  return (value: string): number => {
-    const parsed = Number(value);
-    if (!Number.isInteger(parsed) || parsed < min) throw new InvalidArgumentError(`expected an integer >= ${min}, got '${value}'`);
-    return parsed;
-  };
-}
 
 function nonNegative(value: string): number {
   if (value === 'inf' || value === 'Infinity') return Number.POSITIVE_INFINITY;

@@ -6,7 +6,8 @@ import { buildReport, formatReport, type SimulationReport } from '../../simulati
 import { renderHtml } from '../../simulations/report-html.js';
 import { buildScenario, faultPlanFromPresets, faultPresets, merge, type ScenarioInput } from '../../simulations/scenario.js';
 
-function integer(min: number) {
+/** A commander argument parser for integers of at least `min`. */
+export function integer(min: number) {
   return (value: string): number => {
     const parsed = Number(value);
     if (!Number.isInteger(parsed) || parsed < min) throw new InvalidArgumentError(`expected an integer >= ${min}, got '${value}'`);

@@ -92,4 +92,6 @@ export interface Engine {
   close(): Promise<void>;
   /** The prefix-cache block hashes held now and the seq of the last KV event they include; engines without KV events omit it. */
   kvSnapshot?(): { seq: number; blocks: string[] };
+  /** Blocks in the prefix cache now (what `kvSnapshot().blocks.length` would say, without the copy). */
+  kvBlockCount?(): number;
 }

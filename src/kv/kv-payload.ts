@@ -2,6 +2,9 @@ import { ErrorCode, TandemError } from '../errors.js';
 import { assert } from '../util/assert.js';
 import { fmix32 } from '../util/fmix32.js';
 
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
 /**
  * The stamp prefill puts in front of the KV bytes it writes into decode's pages, so decode can
  * refuse KV that belongs to another model, layout or request, or that arrived damaged (a page
@@ -103,7 +106,6 @@ export function decodeKvPayload(bytes: Uint8Array, expected: KvExpectation): Dec
     refuse(`header length ${headerLength} does not match its contents`);
   }
   if (headerLength > bytes.byteLength) refuse(`header of ${headerLength} bytes is cut off at ${bytes.byteLength}`);
-  const decoder = new TextDecoder();
   const modelIdentity = decoder.decode(bytes.subarray(offset + 1, offset + 1 + identityLength));
   offset += 1 + identityLength;
   const kvLayout = decoder.decode(bytes.subarray(offset + 1, offset + 1 + layoutLength!));
@@ -129,7 +131,7 @@ function headerBytes(identity: Uint8Array, layout: Uint8Array): number {
 }
 
 function utf8(text: string, what: string): Uint8Array {
-  const bytes = new TextEncoder().encode(text);
+  const bytes = encoder.encode(text);
   assert(bytes.byteLength <= kvStampStringBytesMax, `${what} is ${bytes.byteLength} UTF-8 bytes; at most ${kvStampStringBytesMax}`);
   return bytes;
 }

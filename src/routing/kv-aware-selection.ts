@@ -57,9 +57,15 @@ export function selectKvAwareWorker(
   random: Random,
   options: KvSelectionOptions = {},
 ): string | undefined {
-  const temperature = options.temperature ?? 0;
+  return pickByCost(workerCosts(candidates, requestBlocks, matched, options.overlapWeight ?? 1), random, options.temperature ?? 0);
+}
+
+/**
+ * Picks among priced workers: the lowest cost wins, ties broken by `random`; with a positive
+ * temperature, a softmax over costs normalised to [0, 1]. Undefined when there are none.
+ */
+export function pickByCost(costs: readonly WorkerCost[], random: Random, temperature = 0): string | undefined {
   assert(temperature >= 0, `temperature must not be negative, got ${temperature}`);
-  const costs = workerCosts(candidates, requestBlocks, matched, options.overlapWeight ?? 1);
   if (costs.length === 0) return undefined;
   const minCost = Math.min(...costs.map((c) => c.cost));
   if (temperature === 0) {

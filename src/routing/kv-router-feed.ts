@@ -5,7 +5,7 @@ import { decode, encode } from '../protocol/codec.js';
 import { kvEventsSubject, subjects } from '../protocol/subjects.js';
 import type { Random } from '../random/random.js';
 import type { Subscription, Transport } from '../transport/transport.js';
-import { selectKvAwareWorker, workerCosts, type KvSelectionOptions } from './kv-aware-selection.js';
+import { pickByCost, workerCosts, type KvSelectionOptions } from './kv-aware-selection.js';
 import { KvIndexer, type KvEvent, type KvIndexerOptions } from './kv-indexer.js';
 
 /** How one ranking is priced: per-request weights and the workers' current load. */
@@ -110,8 +110,9 @@ export class KvRouterFeed implements KvPrefillRanker {
     const matched = this.indexer.match(hashes);
     const candidates = workers.map((record) => ({ worker: record.instanceId, activeBlocks: options.activeBlocks?.(record.instanceId) ?? 0 }));
     const selection = { ...this.options.selection, ...options.selection };
-    const best = selectKvAwareWorker(candidates, hashes.length, matched, this.options.random, selection);
-    const costs = new Map(workerCosts(candidates, hashes.length, matched, selection.overlapWeight ?? 1).map((c) => [c.worker, c.cost]));
+    const priced = workerCosts(candidates, hashes.length, matched, selection.overlapWeight ?? 1);
+    const best = pickByCost(priced, this.options.random, selection.temperature ?? 0);
+    const costs = new Map(priced.map((c) => [c.worker, c.cost]));
     const cost = (record: WorkerRecord): number => (record.instanceId === best ? -Infinity : costs.get(record.instanceId)!);
     // Array.prototype.sort is stable, so equal costs keep the caller's (round-robin) order.
     const ranked = [...workers].sort((a, b) => cost(a) - cost(b));

@@ -154,6 +154,8 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
       return made;
     };
     const kvAware = config.routing === 'kv-aware';
+    // The router counts prompt blocks as the engines' prefix caches do.
+    const blockTokens = config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {};
     const epoch = config.epoch ?? 1;
     const ids = random.split('instance-ids');
     const tag = config.instanceTag ? `${config.instanceTag}-` : '';
@@ -190,7 +192,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
           discovery,
           random: random.split('kv-router'),
           log: log.child({ actor: 'kv-router' }),
-          ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
+          ...blockTokens,
           selection: { overlapWeight: config.overlapWeight ?? 1, temperature: config.routerTemperature ?? 0 },
         })
       : undefined;
@@ -239,7 +241,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
             ...(config.migrationsMax !== undefined ? { migrationsMax: config.migrationsMax } : {}),
             ...(kvFeed ? { kvFeed } : {}),
             routing: config.routing ?? 'round-robin',
-            ...(config.engine?.prefixBlockTokens !== undefined ? { blockTokens: config.engine.prefixBlockTokens } : {}),
+            ...blockTokens,
             ...(config.conditionalDisaggregation ? { conditionalDisaggregation: config.conditionalDisaggregation } : {}),
             metrics,
             traceRandom: random.split('traceparent'),
@@ -269,7 +271,7 @@ export async function createCluster(config: ClusterConfig = {}): Promise<Cluster
         else await worker.drain(drainMs);
       }
       await backends.close();
-      for (const made of engines) await made.close();
+      await closeEngines();
       await traceFile?.close();
       await requestTracer?.shutdown();
     };

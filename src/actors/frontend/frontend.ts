@@ -358,12 +358,10 @@ this.routing = new RequestRouting({
 
 /** Passes `events` on, ending the prefill's load ticket at the first one (the prompt is prefilled by then). */
 async function* endingLoadOnFirstEvent<T>(events: AsyncGenerator<T>, ticket: LoadTicket): AsyncGenerator<T> {
-  try {
-    for await (const event of events) {
-      ticket.end();
-      yield event;
-    }
-  } finally {
-    ticket.end();
+  let first = true;
+  for await (const event of events) {
+    if (first) ticket.end();
+    first = false;
+    yield event;
   }
 }

@@ -83,7 +83,7 @@ export async function* generate(deps: GenerationDeps, plan: GenerationPlan, sign
     try {
       for (let next = first; !next.done; next = await chunks.next()) {
         const message = decode(next.value, 'tokens', 'finish', 'error');
-        if (message.t === 'error') throw TandemError.fromWire({ code: message.error.code as ErrorCode, message: message.error.message });
+        if (message.t === 'error') throw TandemError.fromWire(message.error);
         const received = generated.length - offset;
         if (message.t === 'finish') {
           // A chunk lost on the way (a transport that dropped a message) must not pass as a shorter success.

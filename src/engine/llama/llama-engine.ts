@@ -172,6 +172,10 @@ export class LlamaEngine implements Engine {
     return { ...this.counters, prefixCacheSequences: this.prefillCache?.sequenceCount ?? 0, prefixCacheBlocks: this.prefillCache?.blockCount ?? 0 };
   }
 
+  kvBlockCount(): number {
+    return this.prefillCache?.blockCount ?? 0;
+  }
+
   /** The prefix cache's blocks now and the seq of the last KV event they include, for a router's resync. */
   kvSnapshot(): { seq: number; blocks: BlockHash[] } {
     return this.prefillCache?.snapshot() ?? { seq: -1, blocks: [] };

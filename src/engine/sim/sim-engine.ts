@@ -101,6 +101,10 @@ export class SimEngine implements Engine {
     this.prefixCache = new PrefixCache(this.options.prefixBlockTokens, this.options.prefixCacheBlocksMax, options.onKvEvent);
   }
 
+  kvBlockCount(): number {
+    return this.prefixCache.size;
+  }
+
   /** The prefix cache's blocks now and the seq of the last KV event they include, for a router's resync. */
   kvSnapshot(): { seq: number; blocks: BlockHash[] } {
     return this.prefixCache.snapshot();
