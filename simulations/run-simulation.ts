@@ -1,5 +1,7 @@
 import { ErrorCode, TandemError, SimEngine, silentLogger, type ReplyStream, type Transport } from '../src/index.js';
-import { KvRouterFeed, Router, runAggregated, VirtualClock } from '../src/internal.js';
+import { KvRouterFeed, runAggregated, VirtualClock } from '../src/internal.js';
+import { RequestRouting, type RoutedRequest } from '../src/actors/frontend/request-routing.js';
+import type { WorkerRecord } from '../src/discovery/discovery.js';
 import { generate, type GenerationPlan } from '../src/actors/frontend/generation.js';
 import type { SimFabricNetworkStats } from '../src/fabric/sim/sim-fabric.js';
 import type { SimEngineStats } from '../src/engine/sim/sim-engine.js';
@@ -158,10 +160,12 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
         })
       : undefined;
   kvFeed?.start();
-  const router = new Router(cluster.discovery, cluster.clientEngine.model.name, {
-    mode: routing,
-    ...(kvFeed ? { kv: kvFeed } : {}),
-    random: streams.routing.split('router'),
+  const requestRouting = new RequestRouting({
+    discovery: cluster.discovery,
+    model: cluster.clientEngine.model.name,
+    random: streams.routing,
+    routing,
+    ...(kvFeed ? { kvFeed } : {}),
     ...(scenario.cluster.engine.prefixBlockTokens !== undefined ? { blockTokens: scenario.cluster.engine.prefixBlockTokens } : {}),
   });
   const runClient = async (spec: RequestSpec): Promise<void> => {
@@ -175,8 +179,15 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
   };
   const serve = async (spec: RequestSpec, record: RequestRecord): Promise<void> => {
     const finish = (outcome: Omit<ClientOutcome, 'atMs'>): void => checker.clientOutcome(record, { ...outcome, atMs: clock.now() });
-    const decode = router.decodeCandidates();
-    if (decode.length === 0) return finish({ status: 'failed', code: ErrorCode.NoWorkers, message: 'no decode worker is registered' });
+    const promptTokens = Array.from(spec.promptTokens);
+    let routed: RoutedRequest;
+    try {
+      routed = requestRouting.route(promptTokens, spec.maxTokens);
+    } catch (error) {
+      const failure = TandemError.from(error);
+      return finish({ status: 'failed', code: failure.code, message: failure.message });
+    }
+    const { decode, prefillTicket, decodeTicket } = routed;
     // generate() moves on to the next candidate when one has no responder; the open message tells which one served.
     record.decodeActor = cluster.actorOfEndpoint(decode[0]!.instanceId);
     const controller = new AbortController();
@@ -194,16 +205,12 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
     const plan: GenerationPlan = {
       requestId: spec.requestId,
       model: cluster.clientEngine.model.name,
-      promptTokens: Array.from(spec.promptTokens),
+      promptTokens,
       sampling: { temperature: spec.temperature, top_p: 1, seed: spec.seed, max_tokens: spec.maxTokens, ignore_eos: spec.ignoreEos },
       stops: [],
       decode,
-      prefill: [],
+      prefill: routed.prefill,
     };
-    const prefill = router.choosePrefill(plan.promptTokens);
-    plan.prefill = prefill.candidates;
-    const prefillTicket = prefill.candidates[0] ? router.prefillLoad.begin(prefill.candidates[0].instanceId, Math.ceil(prefill.uncachedTokens / router.blockTokens)) : undefined;
-    const decodeTicket = router.decodeLoad.begin(decode[0]!.instanceId, Math.ceil((spec.promptTokens.length + spec.maxTokens) / router.blockTokens));
     const transport = recordingTransport(
       cluster.clientTransport,
       () => record.tokens.length,
@@ -217,6 +224,7 @@ export async function runSimulation(scenario: Scenario, options: SimulationOptio
         idleTimeoutMs: scenario.cluster.streamIdleTimeoutMs,
         migrationsMax: scenario.cluster.migrationsMax,
         onMigration: () => checker.count('client migrated a request'),
+        onDecodeWorker: (worker: WorkerRecord) => decodeTicket.moveTo(worker),
       };
       for await (const event of generate(deps, plan, controller.signal)) {
         prefillTicket?.end();
