@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { benchSpec, writeTinyLlama } from '../test/helpers/gguf-writer.js';
 import { startNatsServer, type NatsServer } from '../test/helpers/nats-server.js';
-import { startTandem, type TandemProcess } from '../test/helpers/tandem-process.js';
+import { startTandem, stopAll, waitForWorkers } from '../test/helpers/tandem-process.js';
+import { percentile } from './percentile.js';
 
 /** What the benchmark runs; every field has a command-line flag in bench/main.ts. */
 export interface InterferenceOptions {
@@ -31,11 +32,6 @@ interface ModeResult {
 }
 
 const modelName = 'bench-llama';
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
 
 /** Streams one completion; returns the arrival times (ms) of its text events. */
 async function streamTimes(url: string, prompt: string, maxTokens: number): Promise<number[]> {
@@ -105,12 +101,6 @@ async function runLoad(url: string, options: InterferenceOptions, label: string)
   return result;
 }
 
-async function stopAll(processes: TandemProcess[]): Promise<void> {
-  for (const child of processes) child.kill('SIGTERM');
-  await Promise.all(processes.map((child) => Promise.race([child.exited(), new Promise((resolve) => setTimeout(resolve, 5000))])));
-  for (const child of processes) child.kill('SIGKILL');
-}
-
 async function aggregated(model: string, options: InterferenceOptions): Promise<ModeResult> {
   const args = ['--model', model, '--model-name', modelName, '--threads', String(options.threads), '--log-level', 'warn'];
   const serve = startTandem('serve', ['serve', '--mode', 'aggregated', '--port', '0', ...args]);
@@ -130,12 +120,7 @@ async function disaggregated(model: string, options: InterferenceOptions): Promi
     const frontend = startTandem('frontend', ['frontend', '--port', '0', ...common, '--log-level', 'info']);
     processes.push(frontend);
     const url = (await frontend.waitFor(/frontend listening .*url=(http:\/\/\S+)/, 60_000))[1]!;
-    for (const started = performance.now(); ; ) {
-      const health = (await (await fetch(`${url}/health`)).json()) as { workers: { prefill: number; decode: number } };
-      if (health.workers.prefill === 1 && health.workers.decode === 1) break;
-      if (performance.now() - started > 60_000) throw new Error('workers did not register');
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await waitForWorkers(url, { prefill: 1, decode: 1 }, processes, 60_000);
     return await runLoad(url, options, 'disaggregated');
   } finally {
     await stopAll(processes);

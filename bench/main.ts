@@ -9,6 +9,7 @@ import { benchFabric } from './fabric.js';
 import { benchLlamaInterference } from './llama-interference.js';
 import { benchNats } from './nats.js';
 import { compareRouting } from '../simulations/routing-bench.js';
+import { percentile } from './percentile.js';
 
 const { values } = parseArgs({
   options: {
@@ -98,11 +99,6 @@ async function runRound(mode: Mode, label: string): Promise<RoundResult> {
   } finally {
     await cluster.close();
   }
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 function summarise(results: RoundResult[]) {

@@ -6,11 +6,7 @@ import { createCluster, silentLogger } from '../src/index.js';
 import { natsBackends } from '../src/runtime/nats-backends.js';
 import { NatsTransport } from '../src/transport/nats/nats-transport.js';
 import { realClock } from '../src/time/real-clock.js';
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
+import { percentile } from './percentile.js';
 
 async function ttftMs(url: string, i: number): Promise<number> {
   const started = performance.now();
@@ -51,6 +47,8 @@ export async function benchNats(requests: number): Promise<void> {
         if ((i + 1) % 50 === 0) process.stderr.write(`\r  nats: ${i + 1}/${requests} requests`);
       }
       process.stderr.write('\n');
+      ttft.sort((a, b) => a - b);
+      rtt.sort((a, b) => a - b);
       console.log('\nover NATS (one request at a time): disaggregated TTFT via HTTP vs a bare NATS request round trip, ms');
       console.log(`${''.padEnd(22)} ${'p50'.padStart(8)} ${'p99'.padStart(8)}`);
       console.log(`${'TTFT, disaggregated'.padEnd(22)} ${percentile(ttft, 50).toFixed(2).padStart(8)} ${percentile(ttft, 99).toFixed(2).padStart(8)}`);

@@ -430,7 +430,7 @@ async function checkOutputs(checker: InvariantChecker, records: Iterable<Request
       const reference = await runAggregated(engine, Array.from(spec.promptTokens), sampling);
       const detokenizer = engine.createDetokenizer();
       const text = detokenizer.push(reference) + detokenizer.flush();
-      checker.checkOutput(record, reference, text, text);
+      checker.checkOutput(record, reference, text);
     }
   };
   const lanes = Array.from({ length: Math.min(referenceLanes, pending.length) }, () => {
