@@ -4,7 +4,7 @@ import { assert } from '../../util/assert.js';
 import type { Fabric, FabricConnection, RegionDescriptor, WriterIdentity } from '../fabric.js';
 import { SimConnection } from './sim-connection.js';
 import { SimRegion } from './sim-region.js';
-import { WriterPresence } from '../writer-presence.js';
+import { admitRegion, WriterPresence } from '../writer-presence.js';
 
 /** Writes one sim connection may have posted and not yet applied, unless the network says otherwise. */
 export const simWritesInFlightMaxDefault = 65_536;
@@ -175,12 +175,8 @@ export class SimFabric implements Fabric {
     if (peer.fabric !== 'sim') refuse(`the descriptor is for the ${peer.fabric} fabric`);
     const target = this.network.endpoint(peer.endpoint);
     if (!target) return refuse('no such endpoint is attached');
-    const region = target.regions.get(peer.regionId);
-    if (!region) return refuse('no such region at that endpoint');
-    const actual = region.descriptor;
-    if (actual.pageBytes !== peer.pageBytes || actual.pageCount !== peer.pageCount) {
-      refuse(`the descriptor says ${peer.pageCount} x ${peer.pageBytes} B, the region is ${actual.pageCount} x ${actual.pageBytes} B`);
-    }
+    const region = admitRegion(target.regions, peer, target.name);
+    if (typeof region === 'string') return refuse(region);
     const connection = new SimConnection(this.network, this, target, region, writer);
     this.outbound.add(connection);
     target.inboundOpened(connection);
