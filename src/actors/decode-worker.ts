@@ -3,7 +3,7 @@ import type { Discovery } from '../discovery/discovery.js';
 import type { Engine } from '../engine/engine.js';
 import { ErrorCode, TandemError } from '../errors.js';
 import type { Fabric, Region, RegionStats } from '../fabric/fabric.js';
-import { ownerKey } from '../fabric/fabric.js';
+import { ownerKey, ownerPrefix } from '../fabric/fabric.js';
 import { PagePool, type PagePoolStats } from '../kv/page-pool.js';
 import type { Deadlines, Limits } from '../limits.js';
 import type { Logger } from '../log.js';
@@ -269,7 +269,7 @@ export class DecodeWorker {
 
   /** Fails every request still waiting on a room of prefill worker `instanceId`. */
   private prefillGone(instanceId: string, why: string): void {
-    const prefix = `${instanceId}/`;
+    const prefix = ownerPrefix(instanceId);
     for (const [owner, request] of this.rooms) {
       if (!owner.startsWith(prefix)) continue;
       request.send({ type: 'PREFILL_FAILED', error: { code: ErrorCode.PrefillFailed, message: `prefill worker ${instanceId} ${why}` } });

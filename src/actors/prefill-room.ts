@@ -163,7 +163,7 @@ export class PrefillRoom {
     const startedAtMs = this.deps.clock.now();
     const connection = await this.deps.links.get(job.region);
     const pageCount = pagesFor(payload.byteLength, pageBytes);
-    const window = new Set<Promise<void>>();
+    // The room transfers once, so its writes in flight are exactly `inflight` (which drain() also waits on).
     let failure: unknown;
     for (let first = 0; first < pageCount && !signal.aborted && failure === undefined; first += writePagesMax) {
       const last = Math.min(first + writePagesMax, pageCount);
@@ -179,15 +179,11 @@ export class PrefillRoom {
           failure ??= error;
         },
       );
-      window.add(tracked);
       this.inflight.add(tracked);
-      void tracked.finally(() => {
-        window.delete(tracked);
-        this.inflight.delete(tracked);
-      });
-      if (window.size >= writesInFlightMax) await Promise.race(window);
+      void tracked.finally(() => this.inflight.delete(tracked));
+      if (this.inflight.size >= writesInFlightMax) await Promise.race(this.inflight);
     }
-    await Promise.all(window);
+    await Promise.all(this.inflight);
     if (failure !== undefined) throw TandemError.from(failure, ErrorCode.TransferFailed);
     if (signal.aborted) throw signal.reason;
     const seconds = (this.deps.clock.now() - startedAtMs) / 1000;

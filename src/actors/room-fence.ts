@@ -1,5 +1,5 @@
 import { ErrorCode, TandemError } from '../errors.js';
-import type { WriterIdentity } from '../fabric/fabric.js';
+import { ownerPrefix, type WriterIdentity } from '../fabric/fabric.js';
 import type { PagePool } from '../kv/page-pool.js';
 import type { Deadlines } from '../limits.js';
 import type { Logger } from '../log.js';
@@ -77,7 +77,7 @@ export class RoomFence {
 
   /** The writer's connection is gone, so none of its writes can land any more: free its fenced pages. */
   writerGone(writer: WriterIdentity): void {
-    const prefix = `${writer.instanceId}/${writer.epoch}/`;
+    const prefix = ownerPrefix(writer.instanceId, writer.epoch);
     for (const [owner, entry] of this.fenced) {
       if (!owner.startsWith(prefix)) continue;
       entry.controller.abort();

@@ -30,6 +30,11 @@ export function ownerKey(writer: WriterIdentity, room: number): string {
   return `${writer.instanceId}/${writer.epoch}/${room}`;
 }
 
+/** The prefix every ownerKey of a writer starts with; of every epoch of it when `epoch` is left out. */
+export function ownerPrefix(instanceId: string, epoch?: number): string {
+  return epoch === undefined ? `${instanceId}/` : `${instanceId}/${epoch}/`;
+}
+
 /** A completed transfer, observed on the decode side. */
 export interface Completion {
   /** ownerKey of the room whose final write (with its immediate value) arrived. */

@@ -22,6 +22,13 @@ export interface TransitionRecord {
   event: string;
 }
 
+/** The top-level state name of an xstate snapshot value ('unknown' when it has none). */
+export function topState(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object') return Object.keys(value)[0] ?? 'unknown';
+  return 'unknown';
+}
+
 /** Whether `state` ends its machine. */
 export function isTerminal(machine: MachineKind, state: string): boolean {
   return machine === 'room' ? state === 'released' || state === 'expired' || state === 'failed' : state === 'done' || state === 'failed' || state === 'cancelled';

@@ -1,6 +1,7 @@
 import type { InspectionEvent } from 'xstate';
 import type { Clock } from '../time/clock.js';
 import type { RequestOutcome, TandemMetrics } from './tandem-metrics.js';
+import { isTerminal, topState } from '../inspect/transition-record.js';
 
 /** An xstate inspection callback, as workers take it in their `inspect` option. */
 export type Inspector = (event: InspectionEvent) => void;
@@ -20,13 +21,6 @@ interface Tracked {
   attempts: number;
 }
 
-const finalStates = new Set(['done', 'failed', 'cancelled']);
-
-function topState(value: unknown): string {
-  if (typeof value === 'string') return value;
-  if (value && typeof value === 'object') return Object.keys(value)[0] ?? 'unknown';
-  return 'unknown';
-}
 
 /**
  * Times the request machines of a decode worker from xstate inspection: how long each request
@@ -51,7 +45,7 @@ export function requestStateInspector(metrics: TandemMetrics, clock: Clock): Ins
     for (let extra = Math.max(entry.attempts, 1); extra < attempts; extra++) metrics.recordBootstrapRetry();
     entry.attempts = Math.max(entry.attempts, attempts);
     if (state !== entry.state) {
-      if (!finalStates.has(entry.state)) metrics.observeStateTime(entry.state, (nowMs - entry.enteredAtMs) / 1000);
+      if (!isTerminal('request', entry.state)) metrics.observeStateTime(entry.state, (nowMs - entry.enteredAtMs) / 1000);
       entry.state = state;
       entry.enteredAtMs = nowMs;
     }

@@ -6,6 +6,7 @@ import { BasicTracerProvider, SimpleSpanProcessor, type SpanExporter } from '@op
 import type { InspectionEvent } from 'xstate';
 import type { Clock } from '../time/clock.js';
 import { parseTraceparent } from './traceparent.js';
+import { isTerminal, topState } from '../inspect/transition-record.js';
 
 /** Where spans go; tests pass an InMemorySpanExporter, the CLI a ConsoleSpanExporter. */
 export interface OtelOptions {
@@ -16,14 +17,6 @@ export interface OtelOptions {
 /** The instrumentation scope named on every span. */
 const scopeName = 'tandem';
 
-/** States a request machine ends in; they get no span of their own. */
-const finalStates = new Set(['done', 'failed', 'cancelled']);
-
-function topState(value: unknown): string {
-  if (typeof value === 'string') return value;
-  if (value && typeof value === 'object') return Object.keys(value)[0] ?? 'unknown';
-  return 'unknown';
-}
 
 /**
  * Makes one span per request on a decode worker, with a child span per machine state, parented
@@ -58,7 +51,8 @@ export class RequestTracer {
       const name = topState(snapshot.value);
       if (state?.name !== name) {
         state?.span?.end(nowMs);
-        const span = finalStates.has(name) ? undefined : this.tracer.startSpan(name, { startTime: nowMs }, trace.setSpan(ROOT_CONTEXT, request));
+        // A state that ends the machine gets no span of its own.
+        const span = isTerminal('request', name) ? undefined : this.tracer.startSpan(name, { startTime: nowMs }, trace.setSpan(ROOT_CONTEXT, request));
         state = { name, span };
       }
       if (snapshot.status === 'active') return;
