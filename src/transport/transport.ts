@@ -1,4 +1,5 @@
 import { ErrorCode, TandemError } from '../errors.js';
+import { assert } from '../util/assert.js';
 
 /** The normalised failures every transport reports, whatever library sits underneath. */
 export type TransportErrorKind = 'no_responders' | 'timeout' | 'closed';
@@ -106,4 +107,18 @@ export interface Transport {
   stream(subject: string, data: Uint8Array, options: StreamOptions): ReplyStream;
   /** Closes every subscription and stream; later calls fail with `closed`. */
   close(): Promise<void>;
+}
+
+/** The error every operation of a closed transport fails with. */
+export function closedError(): TransportError {
+  return new TransportError('closed', 'transport is closed');
+}
+
+/** Subjects are dot-separated, non-empty tokens, and transports subscribe to exact ones (no wildcards). */
+export function assertExactSubject(subject: string): void {
+  assert(subject.length > 0 && !/\s/.test(subject), `subject ${JSON.stringify(subject)} is empty or has whitespace`);
+  for (const token of subject.split('.')) {
+    assert(token.length > 0, `subject ${JSON.stringify(subject)} has an empty token`);
+    assert(token !== '*' && token !== '>', `subject ${JSON.stringify(subject)} has a wildcard; subscribe to exact subjects`);
+  }
 }

@@ -2,6 +2,8 @@ import { defaultLimits } from '../../limits.js';
 import type { Clock } from '../../time/clock.js';
 import { assert } from '../../util/assert.js';
 import {
+  assertExactSubject,
+  closedError,
   TransportError,
   type InboundMessage,
   type MessageHandler,
@@ -16,7 +18,7 @@ import {
 } from '../transport.js';
 import { inboundMessage, type ReplyPath } from './inbound-message.js';
 import { MemoryStream } from './memory-stream.js';
-import { SubjectTable, assertExactSubject, type Route } from './subject-table.js';
+import { SubjectTable, type Route } from './subject-table.js';
 import { TimerSet } from './timer-set.js';
 
 /** Options of a MemoryTransport. */
@@ -215,10 +217,6 @@ export class MemoryTransport implements Transport {
       // The error sink itself failed; delivery still goes on.
     }
   }
-}
-
-function closedError(): TransportError {
-  return new TransportError('closed', 'transport is closed');
 }
 
 function noResponders(subject: string): TransportError {

@@ -85,11 +85,3 @@ export class SubjectTable {
   }
 }
 
-/** Subjects are dot-separated, non-empty tokens; wildcards are a NATS feature this table does not match. */
-export function assertExactSubject(subject: string): void {
-  assert(subject.length > 0 && !/\s/.test(subject), `subject ${JSON.stringify(subject)} is empty or has whitespace`);
-  for (const token of subject.split('.')) {
-    assert(token.length > 0, `subject ${JSON.stringify(subject)} has an empty token`);
-    assert(token !== '*' && token !== '>', `subject ${JSON.stringify(subject)} has a wildcard; subscribe to exact subjects`);
-  }
-}

@@ -2,6 +2,8 @@ import { connect, createInbox, type Msg, type MsgHdrs, type NatsConnection, type
 import type { Clock, TimerId } from '../../time/clock.js';
 import { assert } from '../../util/assert.js';
 import {
+  assertExactSubject,
+  closedError,
   TransportError,
   type InboundMessage,
   type MessageHandler,
@@ -364,19 +366,6 @@ export class NatsTransport implements Transport {
 
 /** Room left for the headers of a stream request when checking its payload. */
 const streamRequestHeaderBytesMax = 256;
-
-function closedError(): TransportError {
-  return new TransportError('closed', 'transport is closed');
-}
-
-/** Subjects are dot-separated, non-empty tokens without wildcards: the Transport contract is exact subjects. */
-function assertExactSubject(subject: string): void {
-  assert(subject.length > 0 && !/\s/.test(subject), `subject ${JSON.stringify(subject)} is empty or has whitespace`);
-  for (const token of subject.split('.')) {
-    assert(token.length > 0, `subject ${JSON.stringify(subject)} has an empty token`);
-    assert(token !== '*' && token !== '>', `subject ${JSON.stringify(subject)} has a wildcard; subscribe to exact subjects`);
-  }
-}
 
 /** Hands an error to an optional sink; a sink that throws is ignored so delivery goes on. */
 function report<E>(sink: ((error: E, subject: string) => void) | undefined, error: E, subject: string): void {
