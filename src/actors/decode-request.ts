@@ -179,10 +179,14 @@ export class DecodeRequest {
     this.deps.bindRoom(owner, this);
   }
 
+  /** Bytes of the stamped KV payload of this request's prompt. */
+  private payloadBytes(): number {
+    const { engine } = this.deps;
+    return kvPayloadBytes(engine.kvBytes(this.body.prompt_tokens.length), engine.model.identity, engine.model.kvLayout);
+  }
+
   private pagesNeeded(): number {
-    const { engine, pageBytes } = this.deps;
-    const bytes = kvPayloadBytes(engine.kvBytes(this.body.prompt_tokens.length), engine.model.identity, engine.model.kvLayout);
-    return pagesFor(bytes, pageBytes);
+    return pagesFor(this.payloadBytes(), this.deps.pageBytes);
   }
 
   async bootstrap(candidate: { instanceId: string; subjectPrefix: string }, timeoutMs: number, signal: AbortSignal): Promise<RoomGrant> {
@@ -258,8 +262,7 @@ export class DecodeRequest {
     deps.region.forget(this.ownerOf(grant));
     const { identity, kvLayout } = deps.engine.model;
     try {
-      const payloadBytes = kvPayloadBytes(deps.engine.kvBytes(body.prompt_tokens.length), identity, kvLayout);
-      const payload = decodeKvPayload(deps.region.read(pages, payloadBytes), { modelIdentity: identity, kvLayout, tokenCount: body.prompt_tokens.length });
+      const payload = decodeKvPayload(deps.region.read(pages, this.payloadBytes()), { modelIdentity: identity, kvLayout, tokenCount: body.prompt_tokens.length });
       this.adopt(await deps.engine.loadSequence(payload.kv, payload.tokenCount, payload.firstToken, this.sampling), signal);
       return { firstToken: payload.firstToken };
     } catch (error) {

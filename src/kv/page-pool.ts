@@ -131,9 +131,7 @@ export class PagePool {
   release(owner: string): number {
     const allocation = this.allocations.get(owner);
     if (!allocation || allocation.state !== 'held') return 0;
-    this.allocations.delete(owner);
-    this.heldCount -= allocation.pages.length;
-    this.free(owner, allocation.pages);
+    this.drop(owner, allocation);
     this.wake();
     return allocation.pages.length;
   }
@@ -152,9 +150,7 @@ export class PagePool {
   releaseQuarantined(owner: string): number {
     const allocation = this.allocations.get(owner);
     if (!allocation || allocation.state !== 'quarantined') return 0;
-    this.allocations.delete(owner);
-    this.quarantinedCount -= allocation.pages.length;
-    this.free(owner, allocation.pages);
+    this.drop(owner, allocation);
     this.wake();
     return allocation.pages.length;
   }
@@ -164,13 +160,19 @@ export class PagePool {
     const owners = [...this.allocations].filter(([owner, allocation]) => allocation.state === 'quarantined' && predicate(owner));
     let freed = 0;
     for (const [owner, allocation] of owners) {
-      this.allocations.delete(owner);
-      this.quarantinedCount -= allocation.pages.length;
-      this.free(owner, allocation.pages);
+      this.drop(owner, allocation);
       freed += allocation.pages.length;
     }
     if (freed > 0) this.wake();
     return freed;
+  }
+
+  /** Forgets `owner`'s allocation, held or quarantined, and frees its pages (without serving waiters). */
+  private drop(owner: string, allocation: Allocation): void {
+    this.allocations.delete(owner);
+    if (allocation.state === 'held') this.heldCount -= allocation.pages.length;
+    else this.quarantinedCount -= allocation.pages.length;
+    this.free(owner, allocation.pages);
   }
 
   /** The pages `owner` holds or has in quarantine, in allocation order; undefined when it has none. */

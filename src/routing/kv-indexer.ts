@@ -105,15 +105,8 @@ export class KvIndexer {
    */
   apply(event: KvEvent): KvEventOutcome {
     assert(Number.isInteger(event.seq) && event.seq >= 0, `bad KV event seq ${event.seq}`);
-    let entry = this.workers.get(event.worker);
-    if (entry === undefined) {
-      if (this.workers.size >= this.workersMax) {
-        this.refusedEvents++;
-        return 'refused';
-      }
-      entry = { blocks: new Map(), lastSeq: -1, needsResync: false, epoch: event.epoch };
-      this.workers.set(event.worker, entry);
-    }
+    const entry = this.entryOf(event.worker, event.epoch);
+    if (entry === undefined) return 'refused';
     if (!this.sameIncarnation(event.worker, entry, event.epoch)) return 'stale';
     if (event.seq <= entry.lastSeq) return 'stale';
     const expectedSeq = entry.lastSeq + 1;
@@ -144,15 +137,8 @@ export class KvIndexer {
    */
   resync(worker: string, blocks: readonly BlockHash[], seq: number, epoch?: number): boolean {
     assert(Number.isInteger(seq) && seq >= -1, `bad resync seq ${seq}`);
-    let entry = this.workers.get(worker);
-    if (entry === undefined) {
-      if (this.workers.size >= this.workersMax) {
-        this.refusedEvents++;
-        return false;
-      }
-      entry = { blocks: new Map(), lastSeq: -1, needsResync: false, epoch };
-      this.workers.set(worker, entry);
-    }
+    const entry = this.entryOf(worker, epoch);
+    if (entry === undefined) return false;
     // A snapshot from an incarnation older than the one indexed says nothing about today's cache.
     if (!this.sameIncarnation(worker, entry, epoch)) return true;
     this.forgetAll(worker, entry);
@@ -160,6 +146,20 @@ export class KvIndexer {
     entry.lastSeq = seq;
     entry.needsResync = false;
     return true;
+  }
+
+  /** The worker's entry, made on first sight; undefined (and counted) past `workersMax`. */
+  private entryOf(worker: string, epoch: number | undefined): WorkerEntry | undefined {
+    let entry = this.workers.get(worker);
+    if (entry === undefined) {
+      if (this.workers.size >= this.workersMax) {
+        this.refusedEvents++;
+        return undefined;
+      }
+      entry = { blocks: new Map(), lastSeq: -1, needsResync: false, epoch };
+      this.workers.set(worker, entry);
+    }
+    return entry;
   }
 
   /**
