@@ -58,13 +58,19 @@ export function encodeControl(message: WriterMessage | ReceiverMessage): Buffer 
 /** Splits a byte stream into frames and validates each against `schema`. */
 export class ControlReader<T> {
   private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** Bytes the next frame needs before it can be parsed (its length prefix, then the whole frame). */
+  private neededBytes = 4;
 
   constructor(private readonly schema: z.ZodType<T>) {}
 
   /** Adds bytes; returns the complete messages, or a string saying why the stream is unusable. */
   push(chunk: Buffer): T[] | string {
     this.pending.push(chunk);
+    this.pendingBytes += chunk.byteLength;
     const out: T[] = [];
+    // Joining the pieces only once a frame is complete keeps a large frame from being copied per chunk.
+    if (this.pendingBytes < this.neededBytes) return out;
     let buffer = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
     while (buffer.byteLength >= 4) {
       const length = buffer.readUInt32BE(0);
@@ -82,6 +88,8 @@ export class ControlReader<T> {
       buffer = buffer.subarray(4 + length);
     }
     this.pending = buffer.byteLength > 0 ? [buffer] : [];
+    this.pendingBytes = buffer.byteLength;
+    this.neededBytes = buffer.byteLength >= 4 ? 4 + buffer.readUInt32BE(0) : 4;
     return out;
   }
 }
