@@ -38,14 +38,17 @@ function scenarioFile(options: Options): ScenarioInput {
   return json.tool === 'tandem simulate' && json.scenario ? json.scenario : json;
 }
 
-/** The scenario from a JSON file (if any), then the flags over it. */
-function scenarioFrom(options: Options, seed: number): ScenarioInput {
-  let input = scenarioFile(options);
+/** The scenario file (if any) with `--faults` over it: read once for every run. */
+function scenarioFromFiles(options: Options): ScenarioInput {
+  const input = scenarioFile(options);
   const faults = options.faults as string | undefined;
-  if (faults !== undefined) {
-    const plan = faults.endsWith('.json') ? merge(faultPlanFromPresets('none'), readJson(faults, 'fault plan')) : faultPlanFromPresets(faults);
-    input = { ...input, faults: plan };
-  }
+  if (faults === undefined) return input;
+  const plan = faults.endsWith('.json') ? merge(faultPlanFromPresets('none'), readJson(faults, 'fault plan')) : faultPlanFromPresets(faults);
+  return { ...input, faults: plan };
+}
+
+/** The scenario of one run: what the files say, then the other flags and the seed over it. */
+function scenarioFrom(options: Options, seed: number, input: ScenarioInput): ScenarioInput {
   const cluster: Record<string, unknown> = {};
   if (options.prefillWorkers !== undefined) cluster.prefillWorkers = options.prefillWorkers;
   if (options.decodeWorkers !== undefined) cluster.decodeWorkers = options.decodeWorkers;
@@ -83,8 +86,8 @@ function progressLine(seed: number): (progress: SimulationProgress) => void {
   };
 }
 
-async function simulateOnce(options: Options, seed: number): Promise<SimulationReport> {
-  const scenario = buildScenario(scenarioFrom(options, seed));
+async function simulateOnce(options: Options, seed: number, input: ScenarioInput): Promise<SimulationReport> {
+  const scenario = buildScenario(scenarioFrom(options, seed, input));
   const startMs = realClock.now();
   const result = await runSimulation(scenario, { onProgress: options.progress === false ? undefined : progressLine(seed) });
   const wallMs = realClock.now() - startMs;
@@ -120,11 +123,12 @@ export function registerSimulateCommand(program: Command): Command {
     .addOption(new Option('--no-write', 'print the report only'))
     .addOption(new Option('--no-progress', 'no progress line'))
     .action(async (options: Options) => {
-      const firstSeed = (options.seed as number | undefined) ?? scenarioFile(options).seed ?? realSeed();
+      const input = scenarioFromFiles(options);
+      const firstSeed = (options.seed as number | undefined) ?? input.seed ?? realSeed();
       let report: SimulationReport | undefined;
       for (let run = 0; run < (options.runs as number); run++) {
         const seed = (firstSeed + run) >>> 0;
-        report = await simulateOnce(options, seed);
+        report = await simulateOnce(options, seed, input);
         if (!report.passed) break;
         if ((options.runs as number) > 1) process.stderr.write(`seed ${seed}: pass, trace ${report.traceHash}\n`);
       }
